@@ -1,0 +1,407 @@
+"""`dicom-router`: the one command surface (daemon, tests of peers, status, queue actions, config check).
+
+Every subcommand takes --config (default /etc/dicom-router/router.yaml) and finds the state through it,
+so all of them work while the daemon runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import DEFAULT_CONFIG_PATH, ConfigError, RouterConfig, load_config
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _load(args: argparse.Namespace) -> RouterConfig:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _duration(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 90s, 30m, 2h or 7d")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+# -- serve / internal --------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .supervisor import Supervisor
+
+    return Supervisor(Path(args.config)).run()
+
+
+def cmd_run_child(args: argparse.Namespace) -> int:
+    from .supervisor import run_child
+
+    return run_child(args.process, Path(args.config))
+
+
+# -- config ------------------------------------------------------------------------------------------
+def cmd_config_check(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: INVALID — {len(exc.problems)} problem(s):", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return EXIT_FAIL
+    print(
+        f"{path}: OK — router {cfg.router.ae_title} on {cfg.router.bind}:{cfg.router.port}, "
+        f"{len(cfg.nodes)} node(s), {len(cfg.routes)} route(s)"
+    )
+    return EXIT_OK
+
+
+# -- echo / send -------------------------------------------------------------------------------------
+def _peer(cfg: RouterConfig | None, target: str):  # type: ignore[no-untyped-def]
+    from .scu import Peer
+
+    if cfg is not None and target in cfg.nodes:
+        return Peer.from_node(target, cfg.nodes[target])
+    return Peer.parse(target)
+
+
+def _optional_config(args: argparse.Namespace) -> RouterConfig | None:
+    path = Path(args.config)
+    if not path.exists() and args.config == str(DEFAULT_CONFIG_PATH):
+        return None
+    return _load(args)
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from .scu import echo
+
+    cfg = _optional_config(args)
+    try:
+        peer = _peer(cfg, args.target)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    own = args.calling_ae or (cfg.router.ae_title if cfg else "DICOM_ROUTER")
+    result = echo(own, peer)
+    if args.json:
+        _print_json({"ok": result.ok, "seconds": round(result.seconds, 4), "message": result.message})
+    else:
+        print(("OK: " if result.ok else "FAILED: ") + result.message)
+    return EXIT_OK if result.ok else EXIT_FAIL
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from .sender import send_paths
+
+    cfg = _optional_config(args)
+    try:
+        peer = _peer(cfg, args.to)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    own = args.calling_ae or (cfg.router.ae_title if cfg else "DICOM_ROUTER")
+    report = send_paths(own, peer, [Path(p) for p in args.paths])
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        print(report.summary())
+        for line in report.failures[:50]:
+            print(f"  {line}")
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+# -- status ------------------------------------------------------------------------------------------
+def _store(cfg: RouterConfig):  # type: ignore[no-untyped-def]
+    from .store import Store
+
+    if not cfg.db_path.exists():
+        print(
+            f"error: no queue database at {cfg.db_path} — the router has not run with this config yet",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_FAIL)
+    return Store(cfg.db_path)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import collect, render
+
+    cfg = _load(args)
+    report = collect(cfg, _store(cfg))
+    if args.json:
+        _print_json(report)
+    else:
+        print(render(report))
+    return EXIT_OK
+
+
+# -- queue -------------------------------------------------------------------------------------------
+def _filter(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .store import JobFilter
+
+    states = [s.strip() for s in (args.state or "").split(",") if s.strip()]
+    return JobFilter(
+        ids=list(getattr(args, "ids", None) or []),
+        destination=args.destination,
+        states=states,
+        study_uid=args.study,
+        sop_instance_uid=args.sop,
+        accession=args.accession,
+        patient_id=args.patient_id,
+        older_than_seconds=args.older_than,
+    )
+
+
+def _fmt_time(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def cmd_queue_ls(args: argparse.Namespace) -> int:
+    from .store import UNROUTED, JobState
+
+    cfg = _load(args)
+    store = _store(cfg)
+    if args.state == UNROUTED:
+        rows = store.list_unrouted(limit=args.limit, offset=args.offset)
+        if args.json:
+            _print_json(rows)
+        else:
+            print(f"{len(rows)} unrouted object(s) (matched no route; kept on disk):")
+            for r in rows:
+                print(
+                    f"  instance {r['id']}  {r['modality'] or '-':<4} from {r['calling_ae']}  "
+                    f"study {r['study_uid']}  received {_fmt_time(r['received_at'])}"
+                )
+        return EXIT_OK
+    valid = {s.value for s in JobState} | {UNROUTED}
+    flt = _filter(args)
+    bad = [s for s in flt.states if s not in valid]
+    if bad:
+        print(f"error: unknown state {', '.join(bad)}: use {', '.join(sorted(valid))}", file=sys.stderr)
+        return EXIT_USAGE
+    total = store.count_jobs(flt)
+    jobs = store.list_jobs(flt, limit=args.limit, offset=args.offset)
+    if args.json:
+        _print_json({"total": total, "jobs": [j.as_dict() for j in jobs]})
+        return EXIT_OK
+    print(f"{total} job(s) match; showing {len(jobs)} from {args.offset}")
+    print(
+        f"  {'JOB':>7} {'STATE':<9} {'DESTINATION':<14} {'TRIES':>5} {'MOD':<4} {'ACCESSION':<14} "
+        f"{'RECEIVED':<19}  LAST ERROR"
+    )
+    for j in jobs:
+        err = (j.last_error or "")[:60]
+        print(
+            f"  {j.id:>7} {j.state:<9} {j.destination:<14} {j.attempts:>5} {j.modality or '-':<4} "
+            f"{(j.accession or '-'):<14} {_fmt_time(j.received_at):<19}  {err}"
+        )
+    return EXIT_OK
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    store = _store(cfg)
+    job = store.get_job(args.id)
+    if job is None:
+        print(f"error: no job {args.id}", file=sys.stderr)
+        return EXIT_FAIL
+    events = store.job_events(job.id)
+    if args.json:
+        _print_json({"job": job.as_dict(), "events": events})
+        return EXIT_OK
+    d = job.as_dict()
+    for k in (
+        "id",
+        "state",
+        "destination",
+        "route",
+        "priority",
+        "attempts",
+        "last_status",
+        "last_error",
+        "sop_instance_uid",
+        "sop_class_uid",
+        "transfer_syntax",
+        "study_uid",
+        "accession",
+        "patient_id",
+        "modality",
+        "calling_ae",
+        "size_bytes",
+        "spool_key",
+    ):
+        v = d[k]
+        if k == "last_status" and v is not None:
+            from .dicom_status import describe
+
+            v = describe(v)
+        print(f"  {k:<17} {v if v is not None else '-'}")
+    for k in ("received_at", "created_at", "next_attempt_at", "updated_at", "done_at"):
+        print(f"  {k:<17} {_fmt_time(d[k])}")
+    print("  history:")
+    for e in events:
+        who = f" by {e['actor']}" if e["actor"] else ""
+        st = f" status 0x{e['status']:04X}" if e["status"] is not None else ""
+        print(f"    {_fmt_time(e['at'])}  {e['event']}{who}{st}  {e['detail'] or ''}")
+    return EXIT_OK
+
+
+def cmd_queue_action(args: argparse.Namespace) -> int:
+    from .audit import AuditLog, current_operator
+    from .spool import Spool
+
+    cfg = _load(args)
+    store = _store(cfg)
+    flt = _filter(args)
+    if flt.is_empty() and not args.all:
+        print(
+            f"error: name the jobs to {args.action}: give job ids or a filter (--destination, --state, --study, "
+            "--accession, --patient-id, --older-than), or --all to act on every job",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    operator = args.operator or current_operator()
+    now = time.time()
+    keep = cfg.router.retention.keep_sent_hours > 0
+    action = args.action
+    if action == "retry":
+        res = store.retry(flt, operator, args.reason, now)
+    elif action == "hold":
+        res = store.hold(flt, operator, args.reason, now)
+    elif action == "release":
+        res = store.release(flt, operator, args.reason, now)
+    else:
+        res = store.cancel(flt, operator, args.reason, now, keep_spool=keep)
+    spool = Spool(cfg.spool_dir)
+    for key in res.spool_keys_freed:
+        spool.delete(key)
+    AuditLog(cfg.audit_path, "cli").record(
+        f"queue_{action}",
+        operator=operator,
+        reason=args.reason,
+        filter={k: v for k, v in flt.__dict__.items() if v},
+        changed=res.changed,
+        skipped=res.skipped,
+    )
+    out = {"action": action, "changed": res.changed, "skipped": res.skipped, "operator": operator}
+    if args.json:
+        _print_json(out)
+    else:
+        msg = f"{action}: {res.changed} job(s) changed"
+        if res.skipped:
+            msg += f", {res.skipped} matched but were in a state where {action} does not apply"
+        print(msg)
+    return EXIT_OK
+
+
+# -- parser ------------------------------------------------------------------------------------------
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="router.yaml (default: %(default)s)")
+
+
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--destination", help="destination node name")
+    p.add_argument("--state", help="job state(s), comma-separated: queued,sending,done,failed,held,cancelled")
+    p.add_argument("--study", help="Study Instance UID")
+    p.add_argument("--sop", help="SOP Instance UID")
+    p.add_argument("--accession", help="Accession Number")
+    p.add_argument("--patient-id", dest="patient_id", help="Patient ID")
+    p.add_argument(
+        "--older-than", dest="older_than", type=_duration, help="received longer ago than 30m, 2h, 7d…"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicom-router", description="DICOM store-and-forward router")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the router daemon (receiver + forwarder)")
+    _add_config(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("_run", help=argparse.SUPPRESS)
+    p.add_argument("process", choices=["receiver", "forwarder"])
+    _add_config(p)
+    p.set_defaults(func=cmd_run_child)
+
+    p = sub.add_parser("config", help="check configuration files")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    c = csub.add_parser("check", help="validate FILE and print every problem")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser("echo", help="C-ECHO a configured node or AE@HOST:PORT")
+    p.add_argument("target")
+    p.add_argument("--calling-ae", help="our AE title for this echo (default: the router's)")
+    p.add_argument("--json", action="store_true")
+    _add_config(p)
+    p.set_defaults(func=cmd_echo)
+
+    p = sub.add_parser("send", help="C-STORE files or directories to a node or AE@HOST:PORT")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--to", required=True)
+    p.add_argument("--calling-ae", help="our AE title for this send (default: the router's)")
+    p.add_argument("--json", action="store_true")
+    _add_config(p)
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("status", help="health, backlog per destination, failures, disk")
+    p.add_argument("--json", action="store_true")
+    _add_config(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("queue", help="inspect and act on jobs")
+    qsub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    q = qsub.add_parser("ls", help="list jobs (or --state unrouted for objects that matched no route)")
+    _add_filters(q)
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--offset", type=int, default=0)
+    _add_config(q)
+    q.set_defaults(func=cmd_queue_ls)
+    q = qsub.add_parser("show", help="one job with its full history")
+    q.add_argument("id", type=int)
+    q.add_argument("--json", action="store_true")
+    _add_config(q)
+    q.set_defaults(func=cmd_queue_show)
+    for action, text in (
+        ("retry", "send failed (or backing-off) jobs again now"),
+        ("hold", "stop sending jobs until released"),
+        ("release", "let held jobs be sent"),
+        ("cancel", "never send these jobs (the object is kept until no job needs it)"),
+    ):
+        q = qsub.add_parser(action, help=text)
+        q.add_argument("ids", nargs="*", type=int, help="job ids")
+        _add_filters(q)
+        q.add_argument(
+            "--all", action="store_true", help="act on every job the filter matches, even with no filter"
+        )
+        q.add_argument("--reason", default="", help="why (recorded in the audit trail)")
+        q.add_argument("--operator", help="who (default: the login user)")
+        _add_config(q)
+        q.set_defaults(func=cmd_queue_action, action=action)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""The router's configuration (`router.yaml`): schema, loading, and every check `config check` runs.
+
+Errors are collected, not raised one at a time, so an operator sees every problem in one pass, each
+with the YAML line it came from and what to do about it. A config with any problem is never used.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import fnmatch
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydicom.datadict import keyword_dict
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError
+
+DEFAULT_CONFIG_PATH = Path("/etc/dicom-router/router.yaml")
+
+# AE titles: 1-16 characters of the default character repertoire, no backslash, not all spaces.
+_AE_RE = re.compile(r"^[ -\[\]-~]{1,16}$")
+
+# Keys in a route's `match` block that are facts about the association rather than dataset tags.
+ASSOCIATION_KEYS = {"calling_ae", "called_ae", "source_node"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_RE.match(value) or not value.strip():
+        raise ValueError(
+            f"'{value}' is not a valid AE title: use 1-16 printable characters, no backslash, not only spaces"
+        )
+    return value.strip()
+
+
+AETitle = Annotated[str, Field(description="DICOM Application Entity title")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Priority(enum.IntEnum):
+    """Order within one destination's queue: lower goes first."""
+
+    stat = 0
+    routine = 1
+    bulk = 2
+
+
+class Timeouts(Strict):
+    connect: float = Field(10.0, gt=0, description="TCP connect timeout, seconds")
+    acse: float = Field(30.0, gt=0, description="association negotiation timeout, seconds")
+    dimse: float = Field(120.0, gt=0, description="wait for a C-STORE/C-ECHO response, seconds")
+    network: float = Field(60.0, gt=0, description="idle association is closed after this, seconds")
+
+
+class RetryPolicy(Strict):
+    base_seconds: float = Field(5.0, gt=0, description="first retry delay")
+    cap_seconds: float = Field(600.0, gt=0, description="longest retry delay")
+    max_attempts: int | None = Field(
+        None, ge=1, description="after this many attempts a job is failed; none = keep retrying"
+    )
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> RetryPolicy:
+        if self.cap_seconds < self.base_seconds:
+            raise ValueError(
+                f"cap_seconds ({self.cap_seconds}) is below base_seconds ({self.base_seconds}): "
+                "the longest delay must be at least the first"
+            )
+        return self
+
+
+class CircuitPolicy(Strict):
+    open_after_failures: int = Field(
+        5, ge=1, description="consecutive connection failures before sending pauses"
+    )
+    probe_seconds: float = Field(30.0, gt=0, description="C-ECHO probe interval while the circuit is open")
+
+
+class Node(Strict):
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: Port
+    role: Literal["source", "destination", "both"]
+    max_associations: int = Field(2, ge=1, le=32)
+    timeouts: Timeouts = Timeouts()
+    retry: RetryPolicy = RetryPolicy()
+    circuit: CircuitPolicy = CircuitPolicy()
+    max_pdu: int = Field(0, ge=0, description="largest PDU we accept from this peer; 0 = no limit")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @property
+    def is_source(self) -> bool:
+        return self.role in ("source", "both")
+
+    @property
+    def is_destination(self) -> bool:
+        return self.role in ("destination", "both")
+
+    @property
+    def address(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class MatchOp(Strict):
+    """One condition on one key; exactly one operator."""
+
+    equals: str | None = None
+    glob: str | None = None
+    regex: str | None = None
+    present: bool | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> MatchOp:
+        given = [k for k in ("equals", "glob", "regex", "present") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of equals / glob / regex / present "
+                f"(got {', '.join(given) if given else 'none'})"
+            )
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex '{self.regex}' does not compile: {exc}") from exc
+        return self
+
+    def matches(self, value: str | None) -> bool:
+        if self.present is not None:
+            return (value is not None) == self.present
+        if value is None:
+            return False
+        if self.equals is not None:
+            return value == self.equals
+        if self.glob is not None:
+            return fnmatch.fnmatchcase(value, self.glob)
+        assert self.regex is not None
+        return re.fullmatch(self.regex, value) is not None
+
+    def describe(self) -> str:
+        if self.present is not None:
+            return "present" if self.present else "absent"
+        if self.equals is not None:
+            return f"== '{self.equals}'"
+        if self.glob is not None:
+            return f"matches glob '{self.glob}'"
+        return f"matches regex '{self.regex}'"
+
+
+def _as_match_op(value: Any) -> Any:
+    # `Modality: CT` is shorthand for equals; a string with * or ? is a glob.
+    if isinstance(value, str):
+        return {"glob": value} if any(c in value for c in "*?[") else {"equals": value}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {"equals": str(value)}
+    return value
+
+
+class Route(Strict):
+    name: str = Field(min_length=1)
+    match: dict[str, MatchOp] = Field(default_factory=dict)
+    to: list[str] = Field(min_length=1)
+    priority: Priority = Priority.routine
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            return {k: _as_match_op(v) for k, v in value.items()}
+        return value
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority_by_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return Priority[value]
+            except KeyError:
+                raise ValueError(
+                    f"priority '{value}' is unknown: use one of {', '.join(p.name for p in Priority)}"
+                ) from None
+        return value
+
+    def tag_keywords(self) -> list[str]:
+        return [k for k in self.match if k not in ASSOCIATION_KEYS]
+
+
+class Retention(Strict):
+    keep_sent_hours: float = Field(
+        0.0, ge=0, description="keep a spooled object this long after every destination has it; 0 = delete"
+    )
+
+
+class RouterSettings(Strict):
+    ae_title: str = "DICOM_ROUTER"
+    bind: str = "0.0.0.0"
+    port: Port = 11112
+    state_dir: Path = Path("/var/lib/dicom-router")
+    log_dir: Path = Path("/var/log/dicom-router")
+    accept_unknown_callers: bool = False
+    max_pdu: int = Field(0, ge=0, description="largest PDU the router accepts; 0 = no limit")
+    max_associations: int = Field(16, ge=1, le=256, description="concurrent inbound associations")
+    lease_seconds: float = Field(
+        600.0, gt=0, description="a job claimed longer than this is assumed abandoned and requeued"
+    )
+    drain_seconds: float = Field(30.0, ge=0, description="on stop, finish in-flight work for this long")
+    timeouts: Timeouts = Timeouts()
+    retention: Retention = Retention()
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+class RouterConfig(Strict):
+    router: RouterSettings = RouterSettings()
+    nodes: dict[str, Node] = Field(default_factory=dict)
+    routes: list[Route] = Field(default_factory=list)
+
+    # -- derived views ---------------------------------------------------------------------------
+    def sources_by_ae(self) -> dict[str, str]:
+        return {n.ae_title: name for name, n in self.nodes.items() if n.is_source}
+
+    def destinations(self) -> dict[str, Node]:
+        return {name: n for name, n in self.nodes.items() if n.is_destination}
+
+    def tag_keywords(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for route in self.routes:
+            for kw in route.tag_keywords():
+                seen[kw] = None
+        return list(seen)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.router.state_dir / "spool"
+
+    @property
+    def db_path(self) -> Path:
+        return self.router.state_dir / "queue.sqlite3"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.router.log_dir / "audit.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and checking
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config file, phrased for the person who has to fix it."""
+
+    where: str  # dotted path in the YAML, e.g. routes[0].to
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        at = f"line {self.line}: " if self.line else ""
+        return f"{at}{self.where}: {self.message}" if self.where else f"{at}{self.message}"
+
+
+class ConfigError(Exception):
+    """Raised when a config file cannot be used; carries every problem found."""
+
+    def __init__(self, path: Path | str, problems: list[Problem]):
+        self.path = Path(path)
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{path}: {len(problems)} problem(s):\n{lines}")
+
+
+def _line_of(doc: Any, loc: tuple[int | str, ...]) -> int | None:
+    """Best-effort 1-based line of the YAML node at `loc` (ruamel keeps line/col on containers)."""
+    node, line = doc, None
+    for key in loc:
+        lc = getattr(node, "lc", None)
+        try:
+            if lc is not None:
+                if isinstance(key, int) and isinstance(node, list):
+                    line = lc.item(key)[0] + 1
+                elif isinstance(key, str) and isinstance(node, dict) and key in node:
+                    line = lc.key(key)[0] + 1
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            break
+    return line
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_FIX_HINTS = {
+    "extra_forbidden": "this key is not known here: check its spelling against docs/configuration.md",
+    "missing": "this key is required",
+}
+
+
+def _pydantic_problems(doc: Any, exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        # Pydantic adds a pseudo-location for union members and validator modes; drop them.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = _FIX_HINTS.get(err["type"], err["msg"])
+        if err["type"] == "value_error":
+            msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] in ("greater_than_equal", "less_than_equal") and loc and loc[-1] == "port":
+            msg = f"port {err.get('input')} is impossible: use 1-65535"
+        problems.append(Problem(_dotted(loc), msg, _line_of(doc, loc)))
+    return problems
+
+
+def _semantic_problems(doc: Any) -> list[Problem]:
+    """Cross-reference checks, run on the raw document so they report even when the schema failed."""
+    problems: list[Problem] = []
+
+    def add(loc: tuple[int | str, ...], msg: str) -> None:
+        problems.append(Problem(_dotted(loc), msg, _line_of(doc, loc)))
+
+    nodes = doc.get("nodes") if isinstance(doc.get("nodes"), dict) else {}
+    roles = {name: n.get("role") for name, n in nodes.items() if isinstance(n, dict)}
+    seen_ae: dict[str, str] = {}
+    for name, node in nodes.items():
+        ae = str(node.get("ae_title", "")).strip() if isinstance(node, dict) else ""
+        if not ae:
+            continue
+        if ae in seen_ae:
+            add(
+                ("nodes", name, "ae_title"),
+                f"AE title '{ae}' is already used by node {seen_ae[ae]}: "
+                "AE titles must be unique (a peer that both sends and receives is one node with role: both)",
+            )
+        seen_ae.setdefault(ae, name)
+
+    routes = doc.get("routes") if isinstance(doc.get("routes"), list) else []
+    names: set[str] = set()
+    destinations = sorted(n for n, r in roles.items() if r in ("destination", "both"))
+    for i, route in enumerate(routes):
+        if not isinstance(route, dict):
+            continue
+        name = route.get("name")
+        if name in names:
+            add(("routes", i, "name"), f"route name '{name}' is used twice: give each route its own name")
+        names.add(name)
+        to = route.get("to") if isinstance(route.get("to"), list) else []
+        for j, dest in enumerate(to):
+            if dest not in roles:
+                known = ", ".join(destinations) or "none defined"
+                add(
+                    ("routes", i, "to", j),
+                    f"destination '{dest}' is not a node in this file (destinations: {known})",
+                )
+            elif roles[dest] not in ("destination", "both"):
+                add(
+                    ("routes", i, "to", j),
+                    f"node '{dest}' has role {roles[dest]}: a route can only send to a node with "
+                    "role destination or both",
+                )
+        match = route.get("match") if isinstance(route.get("match"), dict) else {}
+        for key, op in match.items():
+            if key == "source_node":
+                wanted = op if isinstance(op, str) else (op.get("equals") if isinstance(op, dict) else None)
+                if wanted is not None and wanted not in nodes:
+                    add(("routes", i, "match", key), f"source node '{wanted}' is not a node in this file")
+                continue
+            if key in ASSOCIATION_KEYS:
+                continue
+            if key not in keyword_dict:
+                close = difflib.get_close_matches(str(key), list(keyword_dict), n=1, cutoff=0.8)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                add(
+                    ("routes", i, "match", key),
+                    f"'{key}' is not a DICOM keyword nor one of {', '.join(sorted(ASSOCIATION_KEYS))}{hint}",
+                )
+    router = doc.get("router") if isinstance(doc.get("router"), dict) else {}
+    if router.get("state_dir") is not None and router.get("state_dir") == router.get("log_dir"):
+        add(("router", "log_dir"), "log_dir must differ from state_dir")
+    return problems
+
+
+def parse_config(text: str, source: str = "<config>") -> RouterConfig:
+    """Parse YAML text into a checked config, or raise ConfigError listing every problem."""
+    yaml = YAML(typ="rt")
+    try:
+        doc = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(source, [Problem("", f"not valid YAML: {exc.problem or exc}", line)]) from exc
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(source, [Problem("", "the file must be a mapping with router/nodes/routes", 1)])
+    problems: list[Problem] = []
+    cfg: RouterConfig | None = None
+    try:
+        cfg = RouterConfig.model_validate(_plain(doc))
+    except ValidationError as exc:
+        problems += _pydantic_problems(doc, exc)
+    problems += _semantic_problems(doc)
+    if problems or cfg is None:
+        problems.sort(key=lambda p: p.line or 0)
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def load_config(path: Path | str) -> RouterConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, [Problem("", "file not found: pass --config FILE or create it")]) from None
+    except OSError as exc:
+        raise ConfigError(path, [Problem("", f"cannot read the file: {exc.strerror}")]) from None
+    return parse_config(text, str(path))
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's round-trip types → plain dict/list/str so pydantic sees ordinary values."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, str):
+        return str(node)
+    return node

@@ -1,0 +1,87 @@
+"""Read what routing needs from a received file, once, without decoding pixel data.
+
+Also the router's check that a dataset is whole: pydicom tolerates a value that runs past the end of
+the file (it reads what is there), so we compare each element's declared length with the file size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.errors import InvalidDicomError
+
+# Tags every instance is indexed by (queue filters, status, evidence).
+INDEX_KEYWORDS = (
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "AccessionNumber",
+    "Modality",
+)
+
+
+class UnreadableDataset(Exception):
+    """The bytes are not a DICOM dataset the router can route (sender gets a 0xC000-range status)."""
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    transfer_syntax: str
+    values: dict[str, str | None]  # keyword → value as text (multi-valued joined with '\\'), None if absent
+
+    def get(self, keyword: str) -> str | None:
+        return self.values.get(keyword)
+
+
+def _as_text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)  # type: ignore[union-attr]
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace")
+    text = str(value)
+    return text
+
+
+def read_facts(path: Path, extra_keywords: Iterable[str] = ()) -> DatasetFacts:
+    """Parse the file's header and the tags routing needs; raise UnreadableDataset with a plain reason."""
+    size = os.path.getsize(path)
+    try:
+        # defer_size: large values (pixel data) are not read, only their offset and length recorded.
+        ds = pydicom.dcmread(path, defer_size=4096, force=False)
+    except InvalidDicomError as exc:
+        raise UnreadableDataset(f"not a DICOM file: {exc}") from exc
+    except Exception as exc:  # pydicom raises many types for damaged input
+        raise UnreadableDataset(f"cannot parse the dataset: {type(exc).__name__}: {exc}") from exc
+
+    for elem in ds._dict.values():
+        # A raw (not yet decoded) element records where its value starts and how long it claims to be.
+        if isinstance(elem, RawDataElement) and elem.length not in (0xFFFFFFFF,) and elem.value_tell:
+            if elem.value_tell + elem.length > size:
+                raise UnreadableDataset(
+                    f"the dataset is truncated: element {elem.tag} declares {elem.length} bytes at offset "
+                    f"{elem.value_tell}, but the data ends at {size}"
+                )
+
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is None:
+        raise UnreadableDataset("the file meta has no Transfer Syntax UID")
+    values: dict[str, str | None] = {}
+    for kw in (*INDEX_KEYWORDS, *extra_keywords):
+        if kw in values:
+            continue
+        try:
+            values[kw] = _as_text(ds.get(kw)) if kw in ds else None
+        except Exception as exc:
+            raise UnreadableDataset(f"cannot read {kw}: {type(exc).__name__}: {exc}") from exc
+    if not values.get("SOPInstanceUID") or not values.get("SOPClassUID"):
+        raise UnreadableDataset("the dataset has no SOP Class UID or SOP Instance UID")
+    return DatasetFacts(transfer_syntax=str(ts), values=values)

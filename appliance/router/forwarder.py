@@ -1,0 +1,457 @@
+"""The forwarding process: one worker pool per destination, fed only by the queue.
+
+Each pool runs up to `max_associations` workers. A worker claims a few due jobs (priority, then
+arrival), reuses its open association while the accepted presentation contexts fit, sends each
+spooled file as-is, and records the outcome: delivered → done; transient → retry with exponential
+backoff and jitter; permanent refusal → failed at once with the status and its meaning. Connection
+failures feed a circuit breaker: after N in a row the pool stops sending and probes with C-ECHO
+until the destination answers, then everything waiting becomes due again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from pynetdicom import Association
+
+from .audit import AuditLog
+from .config import ConfigError, Node, RouterConfig, load_config
+from .dicom_status import Outcome, classify_store_status, describe
+from .logsetup import log, setup_logging
+from .scu import AssociationFailed, Peer, echo, make_ae, open_association, store_file
+from .spool import Spool
+from .store import Job, Store, backoff_delay, this_host
+
+LOG = logging.getLogger("router.forwarder")
+
+CLAIM_BATCH = 8  # jobs a worker takes at once: fewer transactions, association reuse across them
+IDLE_POLL_SECONDS = 0.02  # how often an idle worker looks for new work (a cheap read)
+IDLE_RELEASE_SECONDS = 5.0  # release an association left unused this long
+ORPHAN_MIN_AGE_SECONDS = 600  # a spool file the queue does not know, older than this, is removed
+
+
+class Circuit:
+    """Per-destination breaker, mirrored into the queue DB so `status` can show it."""
+
+    def __init__(self, name: str, node: Node, store: Store):
+        self.name = name
+        self.node = node
+        self.store = store
+        self.closed = threading.Event()
+        self.lock = threading.Lock()
+        self.failing = True  # unknown until the first connection: the first success resets the count
+        if store.circuit_of(name) == "open":
+            self.closed.clear()
+        else:
+            self.closed.set()
+
+    def success(self) -> None:
+        if self.failing:
+            with self.lock:
+                self.failing = False
+                self.store.record_connect_result(self.name, True, None, time.time())
+
+    def failure(self, error: str) -> None:
+        with self.lock:
+            self.failing = True
+            n = self.store.record_connect_result(self.name, False, error, time.time())
+            if n >= self.node.circuit.open_after_failures and self.closed.is_set():
+                self.closed.clear()
+                self.store.set_circuit(self.name, "open", time.time(), error)
+                log(
+                    LOG,
+                    logging.ERROR,
+                    f"destination {self.name}: {n} connection failures in a row, pausing sends and probing "
+                    f"with C-ECHO every {self.node.circuit.probe_seconds:g} s. Last error: {error}",
+                    destination=self.name,
+                )
+
+    def close(self) -> None:
+        with self.lock:
+            self.failing = False
+            self.store.record_connect_result(self.name, True, None, time.time())
+            self.store.set_circuit(self.name, "closed", time.time())
+            self.closed.set()
+
+
+class DestinationPool:
+    def __init__(self, name: str, node: Node, cfg: RouterConfig, store: Store, spool: Spool, audit: AuditLog):
+        self.name = name
+        self.node = node
+        self.cfg = cfg
+        self.store = store
+        self.spool = spool
+        self.audit = audit
+        self.peer = Peer.from_node(name, node)
+        self.stop = threading.Event()
+        self.abort_now = threading.Event()
+        self.circuit = Circuit(name, node, store)
+        self.threads: list[threading.Thread] = []
+        self.claimant_prefix = f"{this_host()}:{os.getpid()}:{name}"
+
+    def start(self) -> None:
+        for i in range(self.node.max_associations):
+            t = threading.Thread(target=self._worker, args=(i,), name=f"fwd-{self.name}-{i}", daemon=True)
+            t.start()
+            self.threads.append(t)
+        t = threading.Thread(target=self._prober, name=f"probe-{self.name}", daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.circuit.closed.set()  # wake waiting workers so they can exit
+
+    def join(self, deadline: float) -> bool:
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads)
+
+    # -- the circuit's probe --------------------------------------------------------------------
+    def _prober(self) -> None:
+        while not self.stop.is_set():
+            if self.circuit.closed.is_set():
+                self.stop.wait(1.0)
+                continue
+            if self.stop.wait(self.node.circuit.probe_seconds):
+                return
+            result = echo(self.cfg.router.ae_title, self.peer)
+            if result.ok:
+                self.circuit.close()
+                due = self.store.make_due(self.name, time.time())
+                log(
+                    LOG,
+                    logging.INFO,
+                    f"destination {self.name} answers again ({result.message}); resuming, "
+                    f"{due} waiting job(s) due now",
+                    destination=self.name,
+                )
+                self.audit.record("destination_recovered", destination=self.name, jobs_due=due)
+            else:
+                log(
+                    LOG,
+                    logging.WARNING,
+                    f"probe of {self.name} failed: {result.message}",
+                    destination=self.name,
+                )
+
+    # -- workers --------------------------------------------------------------------------------
+    def _worker(self, index: int) -> None:
+        worker_id = f"{self.claimant_prefix}:{index}"
+        ae = make_ae(self.cfg.router.ae_title, self.node.timeouts)
+        assoc: Association | None = None
+        accepted: set[tuple[str, str]] = set()
+        last_used = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                if not self.circuit.closed.is_set():
+                    assoc = _release(assoc)
+                    self.circuit.closed.wait(1.0)
+                    continue
+                if not self._has_due_work():
+                    if assoc is not None and time.monotonic() - last_used > IDLE_RELEASE_SECONDS:
+                        assoc = _release(assoc)
+                    self.stop.wait(IDLE_POLL_SECONDS)
+                    continue
+                jobs = self.store.claim(
+                    self.name, worker_id, CLAIM_BATCH, self.cfg.router.lease_seconds, time.time()
+                )
+                if not jobs:
+                    continue
+                assoc, accepted = self._send_batch(ae, assoc, accepted, jobs)
+                last_used = time.monotonic()
+        except Exception:
+            LOG.exception("forwarder worker %s crashed; its claims will be requeued", worker_id)
+        finally:
+            _release(assoc)
+
+    def _has_due_work(self) -> bool:
+        due = self.store.next_due_at(self.name)
+        return due is not None and due <= time.time()
+
+    def _send_batch(
+        self,
+        ae,
+        assoc: Association | None,
+        accepted: set[tuple[str, str]],
+        jobs: list[Job],  # type: ignore[no-untyped-def]
+    ) -> tuple[Association | None, set[tuple[str, str]]]:
+        pending = list(jobs)
+        while pending:
+            if self.stop.is_set() and self.abort_now.is_set():
+                break
+            job = pending[0]
+            key = (job.sop_class_uid, job.transfer_syntax)
+            if assoc is None or not assoc.is_established or key not in accepted:
+                assoc = _release(assoc)
+                wanted = [(j.sop_class_uid, j.transfer_syntax) for j in pending] + list(accepted)
+                try:
+                    assoc, accepted = open_association(ae, self.peer, wanted)
+                except AssociationFailed as exc:
+                    self.circuit.failure(str(exc))
+                    for j in pending:
+                        self._retry_later(j, None, str(exc))
+                    log(LOG, logging.WARNING, str(exc), destination=self.name)
+                    return None, set()
+                self.circuit.success()
+                if key not in accepted:
+                    pending.pop(0)
+                    self._fail(
+                        job,
+                        None,
+                        f"destination {self.peer.describe()} does not accept SOP class {job.sop_class_uid} in "
+                        f"transfer syntax {job.transfer_syntax} (no presentation context accepted)",
+                    )
+                    continue
+            pending.pop(0)
+            assoc = self._send_one(assoc, job)
+        if pending:
+            self.store.give_back([j.id for j in pending], time.time(), "router shutting down")
+        return assoc, accepted if assoc is not None else set()
+
+    def _send_one(self, assoc: Association, job: Job) -> Association | None:
+        path = self.spool.path(job.spool_key)
+        if not path.exists():
+            self._fail(
+                job, None, f"spooled file {job.spool_key} is missing from {self.spool.root} — cannot send"
+            )
+            return assoc
+        started = time.monotonic()
+        try:
+            status = store_file(assoc, path)
+        except Exception as exc:  # pynetdicom raises for unreadable files, closed sockets …
+            status = None
+            error = f"sending to {self.peer.describe()} failed: {type(exc).__name__}: {exc}"
+        else:
+            error = (
+                f"no C-STORE response from {self.peer.describe()} within {self.node.timeouts.dimse:g} s "
+                "(association aborted or timed out)"
+            )
+        if status is None:
+            self._retry_later(job, None, error)
+            log(LOG, logging.WARNING, error, destination=self.name, job=job.id)
+            return _abort(assoc)
+        outcome = classify_store_status(status)
+        if outcome is Outcome.DELIVERED:
+            self._ack(job, status, time.monotonic() - started)
+        elif outcome is Outcome.RETRY:
+            self._retry_later(job, status, f"{self.peer.describe()} answered {describe(status)}")
+        else:
+            self._fail(job, status, f"{self.peer.describe()} answered {describe(status)}")
+        return assoc
+
+    # -- outcomes -------------------------------------------------------------------------------
+    def _ack(self, job: Job, status: int, seconds: float) -> None:
+        keep = self.cfg.router.retention.keep_sent_hours > 0
+        freed = self.store.ack(
+            job.id,
+            status,
+            f"stored by {self.peer.describe()} in {seconds * 1000:.0f} ms",
+            time.time(),
+            keep_spool=keep,
+        )
+        if freed:
+            self.spool.delete(freed)
+        self.audit.record(
+            "forward",
+            destination=self.name,
+            job=job.id,
+            sop_instance_uid=job.sop_instance_uid,
+            study_uid=job.study_uid,
+            accession=job.accession,
+            status=f"0x{status:04X}",
+            attempts=job.attempts,
+        )
+
+    def _retry_later(self, job: Job, status: int | None, error: str) -> None:
+        r = self.node.retry
+        delay = backoff_delay(job.attempts, r.base_seconds, r.cap_seconds)
+        state = self.store.retry_later(
+            job.id, status, f"{error} (retry in {delay:.0f} s)", time.time(), delay, r.max_attempts
+        )
+        self.audit.record(
+            "forward_attempt_failed" if state == "queued" else "forward_failed",
+            "failure",
+            destination=self.name,
+            job=job.id,
+            sop_instance_uid=job.sop_instance_uid,
+            study_uid=job.study_uid,
+            attempts=job.attempts,
+            reason=error,
+            retry_in_seconds=round(delay, 1) if state == "queued" else None,
+        )
+
+    def _fail(self, job: Job, status: int | None, error: str) -> None:
+        self.store.fail(job.id, status, error, time.time())
+        log(
+            LOG, logging.ERROR, f"job {job.id} failed permanently: {error}", destination=self.name, job=job.id
+        )
+        self.audit.record(
+            "forward_failed",
+            "failure",
+            destination=self.name,
+            job=job.id,
+            sop_instance_uid=job.sop_instance_uid,
+            study_uid=job.study_uid,
+            accession=job.accession,
+            reason=error,
+            status=None if status is None else f"0x{status:04X}",
+        )
+
+
+def _release(assoc: Association | None) -> None:
+    if assoc is not None and assoc.is_established:
+        try:
+            assoc.release()
+        except Exception:
+            assoc.abort()
+    return None
+
+
+def _abort(assoc: Association | None) -> None:
+    if assoc is not None:
+        try:
+            assoc.abort()
+        except Exception:
+            pass
+    return None
+
+
+class Forwarder:
+    def __init__(self, config_path: Path, cfg: RouterConfig):
+        self.config_path = config_path
+        self.cfg = cfg
+        self.store = Store(cfg.db_path, durable=False)
+        self.spool = Spool(cfg.spool_dir)
+        self.audit = AuditLog(cfg.audit_path, "forwarder")
+        self.pools: dict[str, DestinationPool] = {}
+        self.started_at = time.time()
+        self.stop = threading.Event()
+        self.reload_requested = threading.Event()
+
+    def _start_pool(self, name: str, node: Node) -> None:
+        pool = DestinationPool(name, node, self.cfg, self.store, self.spool, self.audit)
+        pool.start()
+        self.pools[name] = pool
+
+    def reconcile(self) -> None:
+        """Start, stop or restart pools so they match the config's destinations."""
+        wanted = self.cfg.destinations()
+        for name in list(self.pools):
+            pool = self.pools[name]
+            if name not in wanted or pool.node != wanted[name] or pool.cfg.router != self.cfg.router:
+                pool.request_stop()
+                pool.join(time.monotonic() + self.cfg.router.drain_seconds)
+                del self.pools[name]
+        for name, node in wanted.items():
+            if name not in self.pools:
+                self._start_pool(name, node)
+
+    def reload(self) -> None:
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log(LOG, logging.ERROR, f"config reload refused, the running config stays: {exc}")
+            return
+        self.cfg = new
+        self.reconcile()
+        log(LOG, logging.INFO, "config reloaded", destinations=sorted(self.pools))
+
+    def housekeeping(self) -> None:
+        now = time.time()
+        n = self.store.recover_abandoned(now)
+        if n:
+            log(LOG, logging.WARNING, f"requeued {n} job(s) whose claim lease ran out")
+        keep_s = self.cfg.router.retention.keep_sent_hours * 3600
+        keys = self.store.spool_keys_to_delete(now - keep_s)
+        for key in keys:
+            self.spool.delete(key)
+        self.store.mark_spool_deleted(keys)
+
+    def sweep_orphans(self) -> int:
+        """Remove spool files the queue does not need: a crash between rename and commit, or after delete."""
+        cutoff = time.time() - ORPHAN_MIN_AGE_SECONDS
+        candidates = []
+        for key in self.spool.keys():
+            try:
+                if self.spool.path(key).stat().st_mtime < cutoff:
+                    candidates.append(key)
+            except FileNotFoundError:
+                continue
+        needed = self.store.known_spool_keys(candidates)
+        removed = 0
+        for key in candidates:
+            if key not in needed:
+                self.spool.delete(key)
+                removed += 1
+        if removed:
+            log(LOG, logging.INFO, f"removed {removed} spool file(s) no job needs")
+        return removed
+
+    def serve(self) -> int:
+        self.spool.init()
+        self.store.init()
+        # Claims held by earlier forwarders on this host are from processes that are gone (the
+        # supervisor starts one forwarder at a time): requeue them now rather than wait out the lease.
+        n = self.store.recover_abandoned(time.time(), dead_claimants_prefix=f"{this_host()}:")
+        if n:
+            log(LOG, logging.WARNING, f"requeued {n} job(s) that were mid-send when the router last stopped")
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        self.reconcile()
+        log(
+            LOG,
+            logging.INFO,
+            f"forwarding to {len(self.pools)} destination(s): {', '.join(sorted(self.pools))}",
+        )
+        last_house = 0.0
+        last_orphans = 0.0
+        while not self.stop.wait(1.0):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+            now = time.monotonic()
+            try:
+                self.store.heartbeat("forwarder", self.started_at, time.time(), ",".join(sorted(self.pools)))
+                if now - last_house > 30:
+                    last_house = now
+                    self.housekeeping()
+                if now - last_orphans > 3600:
+                    last_orphans = now
+                    self.sweep_orphans()
+            except sqlite3.Error as exc:
+                log(LOG, logging.WARNING, f"housekeeping skipped: {exc}")
+        self._drain()
+        return 0
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self.cfg.router.drain_seconds
+        for pool in self.pools.values():
+            pool.request_stop()
+        stuck = [name for name, pool in self.pools.items() if not pool.join(deadline)]
+        if stuck:
+            log(
+                LOG,
+                logging.WARNING,
+                f"drain deadline reached with sends in flight to {', '.join(stuck)}; "
+                "they will be sent again after restart",
+            )
+        log(LOG, logging.INFO, "forwarder stopped")
+
+
+def run(config_path: Path) -> int:
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        setup_logging("forwarder", None)
+        LOG.critical(str(exc))
+        return 2
+    setup_logging("forwarder", cfg.router.log_dir)
+    return Forwarder(config_path, cfg).serve()

@@ -1,0 +1,342 @@
+"""The receiving process: a pynetdicom Storage SCP (all storage SOP classes) plus Verification.
+
+For each C-STORE: the dataset streams from the socket straight into a spool temp file (no decode, flat
+memory); the handler reads the few tags routing needs, makes the file durable (fsync, rename,
+fsync dir), records the instance and its jobs in one SQLite transaction, and only then answers
+Success. Any failure answers a precise status and leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, dimse_messages, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from . import rules
+from .audit import AuditLog
+from .config import ConfigError, RouterConfig, load_config
+from .dataset_facts import UnreadableDataset, read_facts
+from .dicom_status import Status
+from .logsetup import log, setup_logging
+from .scu import NODELAY_HANDLERS
+from .spool import Spool, SpoolTempFile, is_out_of_space
+from .store import InstanceFacts, NewJob, Store
+
+LOG = logging.getLogger("router.receiver")
+
+# A-ASSOCIATE-RJ (result, source, reason) per PS3.8 Table 9-21.
+_REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+_REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+_REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, local limit exceeded: the sender will retry
+
+
+def _use_spool_for_incoming(spool: Spool) -> None:
+    """Make pynetdicom stream each incoming dataset into our spool's tmp/ rather than /tmp.
+
+    pynetdicom (3.0.x) creates the file with `NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")`
+    when the C-STORE command arrives, writes the file meta and every data fragment to it, and unlinks
+    it after our handler returns. Ours has the same surface, lives on the spool's filesystem (so commit
+    is a rename, not a copy) and turns write errors into a status instead of an aborted association.
+    tests/integration/test_receive_errors.py proves the full-disk path end to end.
+    """
+    _config.STORE_RECV_CHUNKED_DATASET = True
+
+    def factory(*_args: Any, **_kwargs: Any) -> SpoolTempFile:
+        return spool.new_temp()
+
+    dimse_messages.NamedTemporaryFile = factory  # type: ignore[attr-defined,assignment]
+
+
+class Receiver:
+    def __init__(self, config_path: Path, cfg: RouterConfig):
+        self.config_path = config_path
+        self.cfg = cfg
+        self.spool = Spool(cfg.spool_dir)
+        self.store = Store(cfg.db_path, durable=True)
+        self.audit = AuditLog(cfg.audit_path, "receiver")
+        self.draining = threading.Event()
+        self.started_at = time.time()
+        self.server: Any = None
+
+    # -- association policy ---------------------------------------------------------------------
+    def on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        # The A-ASSOCIATE-RQ itself: pynetdicom copies these onto the association only after this event.
+        rq = assoc.requestor.primitive
+        calling = str(rq.calling_ae_title or "").strip()
+        called = str(rq.called_ae_title or "").strip()
+        peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
+        cfg = self.cfg
+        if self.draining.is_set():
+            log(
+                LOG,
+                logging.INFO,
+                "association refused: the router is shutting down",
+                calling_ae=calling,
+                peer=peer,
+            )
+            assoc.acse.send_reject(*_REJECT_BUSY)
+            return
+        if called != cfg.router.ae_title:
+            log(
+                LOG,
+                logging.WARNING,
+                f"association rejected: called AE title '{called}' is not this router's "
+                f"('{cfg.router.ae_title}') — the sender at {peer} must be configured with the router's AE title",
+                calling_ae=calling,
+                called_ae=called,
+                peer=peer,
+            )
+            self.audit.record(
+                "association_rejected",
+                "failure",
+                calling_ae=calling,
+                called_ae=called,
+                peer=peer,
+                reason="called AE title not recognised",
+            )
+            assoc.acse.send_reject(*_REJECT_CALLED_AE)
+            return
+        if calling not in cfg.sources_by_ae() and not cfg.router.accept_unknown_callers:
+            log(
+                LOG,
+                logging.WARNING,
+                f"association rejected: calling AE title '{calling}' from {peer} is not a configured source — "
+                "add it under nodes with role: source (or both), or set router.accept_unknown_callers",
+                calling_ae=calling,
+                peer=peer,
+            )
+            self.audit.record(
+                "association_rejected",
+                "failure",
+                calling_ae=calling,
+                called_ae=called,
+                peer=peer,
+                reason="calling AE title not a configured source",
+            )
+            assoc.acse.send_reject(*_REJECT_CALLING_AE)
+
+    def on_accepted(self, event: evt.Event) -> None:
+        a = event.assoc
+        log(
+            LOG,
+            logging.INFO,
+            "association accepted",
+            calling_ae=a.requestor.ae_title.strip(),
+            peer=f"{a.requestor.address}:{a.requestor.port}",
+        )
+
+    def on_aborted(self, event: evt.Event) -> None:
+        a = event.assoc
+        log(
+            LOG,
+            logging.WARNING,
+            "association aborted",
+            calling_ae=(a.requestor.ae_title or "").strip(),
+            peer=f"{a.requestor.address}:{a.requestor.port}",
+        )
+
+    # -- storage --------------------------------------------------------------------------------
+    def on_c_store(self, event: evt.Event) -> int:
+        req = event.request
+        tmp: SpoolTempFile | None = getattr(req, "_dataset_file", None)
+        calling = event.assoc.requestor.ae_title.strip()
+        called = self.cfg.router.ae_title
+        sop_uid = str(req.AffectedSOPInstanceUID)
+        ctx = {"calling_ae": calling, "sop_instance_uid": sop_uid}
+        if not isinstance(tmp, SpoolTempFile):
+            # Only possible if pynetdicom changed how it streams datasets; refuse rather than guess.
+            log(
+                LOG,
+                logging.ERROR,
+                "no spool file for the incoming dataset (pynetdicom internals changed?)",
+                **ctx,
+            )
+            return Status.OUT_OF_RESOURCES
+        if tmp.error is not None:
+            return self._refuse_write_error(tmp, tmp.error, ctx)
+        tmp.flush()
+        if tmp.error is not None:
+            return self._refuse_write_error(tmp, tmp.error, ctx)
+
+        cfg = self.cfg  # one consistent config for this object, even if a reload lands meanwhile
+        try:
+            facts = read_facts(Path(tmp.name), cfg.tag_keywords())
+        except UnreadableDataset as exc:
+            tmp.discard()
+            log(LOG, logging.WARNING, f"refused an unreadable dataset from {calling}: {exc}", **ctx)
+            self.audit.record("receive", "failure", reason=str(exc), status="0xC000", **ctx)
+            return Status.CANNOT_UNDERSTAND
+
+        source_node = cfg.sources_by_ae().get(calling)
+        targets, _ = rules.evaluate(
+            cfg, rules.Facts(calling_ae=calling, called_ae=called, source_node=source_node, tags=facts.values)
+        )
+        try:
+            key = self.spool.commit(tmp)
+        except OSError as exc:
+            tmp.discard()
+            return self._refuse_write_error(tmp, exc, ctx)
+
+        v = facts.values
+        instance = InstanceFacts(
+            sop_instance_uid=v.get("SOPInstanceUID") or sop_uid,
+            sop_class_uid=v.get("SOPClassUID") or str(req.AffectedSOPClassUID),
+            transfer_syntax=facts.transfer_syntax,
+            size_bytes=tmp.size,
+            study_uid=v.get("StudyInstanceUID"),
+            series_uid=v.get("SeriesInstanceUID"),
+            patient_id=v.get("PatientID"),
+            accession=v.get("AccessionNumber"),
+            modality=v.get("Modality"),
+            calling_ae=calling,
+            called_ae=called,
+            source_node=source_node,
+        )
+        jobs = [NewJob(t.destination, t.route, t.priority) for t in targets]
+        try:
+            self.store.add_instance(key, instance, jobs, time.time())
+        except sqlite3.Error as exc:
+            # The object is on disk but not in the queue: remove it so nothing half-recorded remains.
+            self.spool.delete(key)
+            log(LOG, logging.ERROR, f"could not record the instance in the queue database: {exc}", **ctx)
+            self.audit.record("receive", "failure", reason=f"queue database: {exc}", status="0xA700", **ctx)
+            return Status.OUT_OF_RESOURCES
+
+        self.audit.record(
+            "receive",
+            study_uid=instance.study_uid,
+            accession=instance.accession,
+            destinations=[j.destination for j in jobs] or None,
+            unrouted=True if not jobs else None,
+            bytes=instance.size_bytes,
+            **ctx,
+        )
+        if not jobs:
+            log(LOG, logging.WARNING, "received an object that matches no route: kept as unrouted", **ctx)
+        return Status.SUCCESS
+
+    def _refuse_write_error(self, tmp: SpoolTempFile, exc: OSError, ctx: dict[str, Any]) -> int:
+        tmp.discard()
+        what = "the spool disk is full" if is_out_of_space(exc) else f"writing to the spool failed ({exc})"
+        log(
+            LOG,
+            logging.ERROR,
+            f"refused an object with 0xA700: {what} — free space under {self.spool.root}",
+            **ctx,
+        )
+        self.audit.record("receive", "failure", reason=what, status="0xA700", **ctx)
+        return Status.OUT_OF_RESOURCES
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def reload(self) -> None:
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log(LOG, logging.ERROR, f"config reload refused, the running config stays: {exc}")
+            return
+        changed = [
+            k
+            for k in ("ae_title", "bind", "port", "state_dir", "log_dir")
+            if getattr(new.router, k) != getattr(self.cfg.router, k)
+        ]
+        if changed:
+            log(LOG, logging.WARNING, f"reload: router.{', router.'.join(changed)} change only on restart")
+        self.cfg = new
+        log(LOG, logging.INFO, "config reloaded", routes=len(new.routes), nodes=len(new.nodes))
+
+    def build_ae(self) -> AE:
+        r = self.cfg.router
+        ae = AE(ae_title=r.ae_title)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        ae.maximum_pdu_size = r.max_pdu
+        ae.maximum_associations = r.max_associations
+        ae.acse_timeout = r.timeouts.acse
+        ae.dimse_timeout = r.timeouts.dimse
+        ae.network_timeout = r.timeouts.network
+        ae.require_called_aet = False  # checked in on_requested, with a logged reason
+        return ae
+
+    def serve(self) -> int:
+        self.spool.init()
+        self.store.init()
+        removed = self.spool.clean_tmp()
+        if removed:
+            log(
+                LOG,
+                logging.INFO,
+                f"removed {removed} incomplete reception(s) left by a crash (never acknowledged)",
+            )
+        _use_spool_for_incoming(self.spool)
+        r = self.cfg.router
+        handlers = [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_ABORTED, self.on_aborted),
+            (evt.EVT_C_STORE, self.on_c_store),
+            *NODELAY_HANDLERS,
+        ]
+        try:
+            self.server = self.build_ae().start_server((r.bind, r.port), block=False, evt_handlers=handlers)
+        except OSError as exc:
+            log(
+                LOG,
+                logging.CRITICAL,
+                f"cannot listen on {r.bind}:{r.port}: {exc.strerror} — is another "
+                "router or DICOM service using the port? (change router.port or stop the other service)",
+            )
+            return 3
+        log(LOG, logging.INFO, f"listening for DICOM on {r.bind}:{r.port} as {r.ae_title}")
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload())
+        self._heartbeat()
+        while not stop.wait(5.0):
+            self._heartbeat()
+        self._drain()
+        return 0
+
+    def _heartbeat(self) -> None:
+        try:
+            self.store.heartbeat(
+                "receiver",
+                self.started_at,
+                time.time(),
+                f"{self.cfg.router.ae_title}@{self.cfg.router.bind}:{self.cfg.router.port}",
+            )
+        except sqlite3.Error as exc:
+            log(LOG, logging.WARNING, f"heartbeat not recorded: {exc}")
+
+    def _drain(self) -> None:
+        """Refuse new associations, let in-flight ones finish (up to drain_seconds), then stop."""
+        self.draining.set()
+        deadline = time.monotonic() + self.cfg.router.drain_seconds
+        while self.server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = len(self.server.active_associations)
+        if left:
+            log(LOG, logging.WARNING, f"drain deadline reached: aborting {left} association(s) still open")
+        self.server.shutdown()
+        log(LOG, logging.INFO, "receiver stopped")
+
+
+def run(config_path: Path) -> int:
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        setup_logging("receiver", None)
+        LOG.critical(str(exc))
+        return 2
+    setup_logging("receiver", cfg.router.log_dir)
+    return Receiver(config_path, cfg).serve()

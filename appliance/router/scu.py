@@ -1,0 +1,191 @@
+"""Outbound DICOM: opening associations, explaining why one failed, C-ECHO, and C-STORE of spooled files.
+
+Used by the forwarder, the circuit-breaker probe, and the `echo` and `send` commands, so an operator
+sees the same words for a failure whichever of them hit it.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom import AE, Association, _config, evt
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from .config import Node, Timeouts
+
+# Send spooled files straight from disk in PDU-sized chunks: memory stays flat for a 1 GB object, and
+# the bytes leave exactly as they arrived (no decode, no re-encode).
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+# PS3.8 Table 9-21: A-ASSOCIATE-RJ reasons by (source, reason).
+_REJECT_REASONS = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognised — the destination must list this router's AE title as a peer",
+    (1, 7): "called AE title not recognised — check the AE title on both ends",
+    (2, 1): "no reason given (ACSE)",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion — the destination is busy",
+    (3, 2): "local limit exceeded — the destination has too many associations open",
+}
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where to connect: a configured node or an ad-hoc AE@HOST:PORT."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    timeouts: Timeouts = Timeouts()
+    max_pdu: int = 0
+
+    @classmethod
+    def from_node(cls, name: str, node: Node) -> Peer:
+        return cls(name, node.ae_title, node.host, node.port, node.timeouts, node.max_pdu)
+
+    @classmethod
+    def parse(cls, text: str) -> Peer:
+        """`AE@HOST:PORT` (for `echo` and `send` to an unconfigured peer)."""
+        try:
+            ae, rest = text.split("@", 1)
+            host, port = rest.rsplit(":", 1)
+            return cls(text, ae, host.strip("[]"), int(port))
+        except ValueError:
+            raise ValueError(f"'{text}' is neither a configured node nor AE@HOST:PORT") from None
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
+
+
+class AssociationFailed(Exception):
+    """Could not open an association; the message is meant for an operator."""
+
+    def __init__(self, message: str, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def _nodelay(event: evt.Event) -> None:
+    # pynetdicom leaves Nagle on: every small PDU (C-STORE-RSP, last fragment) would wait ~40 ms.
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+NODELAY_HANDLERS = [(evt.EVT_CONN_OPEN, _nodelay)]
+
+
+def make_ae(own_ae_title: str, timeouts: Timeouts) -> AE:
+    ae = AE(ae_title=own_ae_title)
+    ae.connection_timeout = timeouts.connect
+    ae.acse_timeout = timeouts.acse
+    ae.dimse_timeout = timeouts.dimse
+    ae.network_timeout = timeouts.network
+    return ae
+
+
+def _diagnose_connect(peer: Peer) -> str:
+    """Explain why no association came up: the one thing pynetdicom does not tell us."""
+    try:
+        with socket.create_connection((peer.host, peer.port), timeout=peer.timeouts.connect):
+            pass
+    except socket.gaierror as exc:
+        return (
+            f"cannot resolve host name '{peer.host}': {exc.strerror} — check the node's host in router.yaml"
+        )
+    except TimeoutError:
+        return (
+            f"no answer from {peer.host}:{peer.port} within {peer.timeouts.connect:g} s — "
+            "host down, or a firewall drops the traffic"
+        )
+    except OSError as exc:
+        if exc.errno == errno.ECONNREFUSED:
+            return (
+                f"connection refused by {peer.host}:{peer.port} — nothing listens on that port "
+                "(DICOM service stopped, or wrong port)"
+            )
+        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return f"host {peer.host} is unreachable: {exc.strerror} — check routing/VLAN"
+        return f"cannot connect to {peer.host}:{peer.port}: {exc.strerror}"
+    return "the TCP connection opened but the association was aborted or timed out during negotiation"
+
+
+def open_association(
+    ae: AE, peer: Peer, contexts: Iterable[tuple[str, str]] | None = None
+) -> tuple[Association, set[tuple[str, str]]]:
+    """Open an association proposing (SOP class, transfer syntax) pairs; return it and what was accepted.
+
+    With no contexts, proposes Verification only (for C-ECHO). Raises AssociationFailed.
+    """
+    requested = []
+    if contexts is None:
+        requested.append(build_context(Verification))
+    else:
+        for sop_class, ts in list(dict.fromkeys(contexts))[:128]:  # 128 = the protocol's limit
+            requested.append(build_context(sop_class, [ts]))
+    ae.requested_contexts = requested
+    assoc = ae.associate(
+        peer.host, peer.port, ae_title=peer.ae_title, max_pdu=peer.max_pdu, evt_handlers=NODELAY_HANDLERS
+    )
+    if assoc.is_established:
+        accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
+        return assoc, accepted
+    if assoc.is_rejected:
+        prim = assoc.acceptor.primitive
+        result = getattr(prim, "result", None)
+        source = getattr(prim, "result_source", None)
+        reason = getattr(prim, "diagnostic", None)
+        words = _REJECT_REASONS.get((source or 0, reason or 0), f"source {source}, reason {reason}")
+        kind = "permanently" if result == 1 else "for now (transient)"
+        raise AssociationFailed(f"destination {peer.describe()} rejected the association {kind}: {words}")
+    raise AssociationFailed(f"destination {peer.describe()}: {_diagnose_connect(peer)}")
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    ok: bool
+    seconds: float
+    message: str
+
+
+def echo(own_ae_title: str, peer: Peer) -> EchoResult:
+    ae = make_ae(own_ae_title, peer.timeouts)
+    start = time.monotonic()
+    try:
+        assoc, _ = open_association(ae, peer)
+    except AssociationFailed as exc:
+        return EchoResult(False, time.monotonic() - start, str(exc))
+    try:
+        status = assoc.send_c_echo()
+        elapsed = time.monotonic() - start
+        if status and getattr(status, "Status", None) == 0:
+            return EchoResult(True, elapsed, f"{peer.describe()} answered C-ECHO in {elapsed * 1000:.0f} ms")
+        if not status:
+            return EchoResult(
+                False, elapsed, f"{peer.describe()} accepted the association but did not answer C-ECHO"
+            )
+        return EchoResult(
+            False, elapsed, f"{peer.describe()} answered C-ECHO with status 0x{status.Status:04X}"
+        )
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def store_file(assoc: Association, path: Path) -> int | None:
+    """C-STORE one spooled file. Returns the response status, or None when no response came."""
+    rsp = assoc.send_c_store(path)
+    if rsp is None or "Status" not in rsp:
+        return None
+    return int(rsp.Status)

@@ -1,0 +1,782 @@
+"""The queue: instances and their per-destination jobs, in SQLite. ALL queue SQL lives in this module.
+
+Narrow interface (what a PostgreSQL backend would implement too): add_instance, claim, ack, retry_later,
+fail, give_back, operator actions (retry/hold/release/cancel), list/count with filters, stats.
+
+Durability: WAL with synchronous=FULL for the receiver (a committed row backs a Success the sender
+saw). Forwarder connections may use synchronous=NORMAL: losing one of its commits to a power cut can
+only make a job be sent again (at-least-once), never lose one. Claims run in BEGIN IMMEDIATE with a
+lease; a claim whose lease ran out, or whose process is gone, goes back to `queued`.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    DONE = "done"
+    FAILED = "failed"
+    HELD = "held"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = (JobState.DONE, JobState.CANCELLED)
+# `unrouted` is not a job state: it is an instance that matched no route (it has no jobs at all).
+UNROUTED = "unrouted"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    id               INTEGER PRIMARY KEY,
+    spool_key        TEXT NOT NULL UNIQUE,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid    TEXT NOT NULL,
+    transfer_syntax  TEXT NOT NULL,
+    study_uid        TEXT,
+    series_uid       TEXT,
+    patient_id       TEXT,
+    accession        TEXT,
+    modality         TEXT,
+    calling_ae       TEXT,
+    called_ae        TEXT,
+    source_node      TEXT,
+    size_bytes       INTEGER NOT NULL,
+    received_at      REAL NOT NULL,
+    routed           INTEGER NOT NULL,
+    spool_state      TEXT NOT NULL DEFAULT 'kept',   -- kept | deleted
+    finished_at      REAL
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+CREATE INDEX IF NOT EXISTS instances_accession ON instances(accession);
+CREATE INDEX IF NOT EXISTS instances_patient ON instances(patient_id);
+CREATE INDEX IF NOT EXISTS instances_unrouted ON instances(routed) WHERE routed = 0;
+CREATE INDEX IF NOT EXISTS instances_sweep ON instances(finished_at) WHERE spool_state = 'kept';
+CREATE TABLE IF NOT EXISTS jobs (
+    id              INTEGER PRIMARY KEY,
+    instance_id     INTEGER NOT NULL REFERENCES instances(id),
+    destination     TEXT NOT NULL,
+    route           TEXT,
+    priority        INTEGER NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_until     REAL,
+    claimed_by      TEXT,
+    last_status     INTEGER,
+    last_error      TEXT,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    done_at         REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(destination, state, priority, id);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(destination, state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS jobs_instance ON jobs(instance_id);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, destination);
+CREATE TABLE IF NOT EXISTS job_events (
+    id      INTEGER PRIMARY KEY,
+    job_id  INTEGER NOT NULL,
+    at      REAL NOT NULL,
+    event   TEXT NOT NULL,
+    status  INTEGER,
+    detail  TEXT,
+    actor   TEXT
+);
+CREATE INDEX IF NOT EXISTS job_events_job ON job_events(job_id);
+CREATE INDEX IF NOT EXISTS job_events_recent ON job_events(event, at);
+CREATE TABLE IF NOT EXISTS destinations (
+    name                 TEXT PRIMARY KEY,
+    circuit              TEXT NOT NULL DEFAULT 'closed',
+    circuit_since        REAL,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    last_error           TEXT,
+    last_success_at      REAL
+);
+CREATE TABLE IF NOT EXISTS processes (
+    name         TEXT PRIMARY KEY,
+    pid          INTEGER NOT NULL,
+    host         TEXT NOT NULL,
+    started_at   REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    detail       TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class InstanceFacts:
+    """What the router knows about one received object (read once, at receive time)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    size_bytes: int
+    study_uid: str | None = None
+    series_uid: str | None = None
+    patient_id: str | None = None
+    accession: str | None = None
+    modality: str | None = None
+    calling_ae: str | None = None
+    called_ae: str | None = None
+    source_node: str | None = None
+
+
+@dataclass(frozen=True)
+class NewJob:
+    destination: str
+    route: str
+    priority: int
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    instance_id: int
+    destination: str
+    route: str | None
+    priority: int
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    done_at: float | None
+    spool_key: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    study_uid: str | None
+    patient_id: str | None
+    accession: str | None
+    modality: str | None
+    calling_ae: str | None
+    size_bytes: int
+    received_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+_JOB_COLUMNS = (
+    "j.id, j.instance_id, j.destination, j.route, j.priority, j.state, j.attempts, j.next_attempt_at, "
+    "j.last_status, j.last_error, j.created_at, j.updated_at, j.done_at, i.spool_key, i.sop_instance_uid, "
+    "i.sop_class_uid, i.transfer_syntax, i.study_uid, i.patient_id, i.accession, i.modality, i.calling_ae, "
+    "i.size_bytes, i.received_at"
+)
+
+
+@dataclass
+class JobFilter:
+    """Selects jobs for listing and operator actions. Empty filter = every job."""
+
+    ids: Sequence[int] = ()
+    destination: str | None = None
+    states: Sequence[str] = ()
+    study_uid: str | None = None
+    sop_instance_uid: str | None = None
+    accession: str | None = None
+    patient_id: str | None = None
+    older_than_seconds: float | None = None
+
+    def is_empty(self) -> bool:
+        return not (
+            self.ids
+            or self.destination
+            or self.states
+            or self.study_uid
+            or self.sop_instance_uid
+            or self.accession
+            or self.patient_id
+            or self.older_than_seconds is not None
+        )
+
+    def where(self, now: float) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if self.ids:
+            clauses.append(f"j.id IN ({','.join('?' * len(self.ids))})")
+            args += list(self.ids)
+        if self.destination:
+            clauses.append("j.destination = ?")
+            args.append(self.destination)
+        if self.states:
+            clauses.append(f"j.state IN ({','.join('?' * len(self.states))})")
+            args += list(self.states)
+        for column, value in (
+            ("i.study_uid", self.study_uid),
+            ("i.sop_instance_uid", self.sop_instance_uid),
+            ("i.accession", self.accession),
+            ("i.patient_id", self.patient_id),
+        ):
+            if value:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if self.older_than_seconds is not None:
+            clauses.append("i.received_at < ?")
+            args.append(now - self.older_than_seconds)
+        return (" AND ".join(clauses) or "1"), args
+
+
+@dataclass
+class DestinationStats:
+    name: str
+    counts: dict[str, int] = field(default_factory=dict)
+    oldest_pending_at: float | None = None
+    failures_last_hour: int = 0
+    circuit: str = "closed"
+    circuit_since: float | None = None
+    last_error: str | None = None
+    last_success_at: float | None = None
+
+    @property
+    def backlog(self) -> int:
+        return sum(self.counts.get(s, 0) for s in (JobState.QUEUED, JobState.SENDING))
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    changed: int
+    skipped: int  # matched the filter but the action does not apply to their state
+    spool_keys_freed: list[str] = field(default_factory=list)
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with 'equal jitter': half fixed, half random, so retries of many jobs spread."""
+    exp = min(cap, base * (2 ** max(0, attempts - 1)))
+    r = (rng or random).random()
+    return exp / 2 + r * exp / 2
+
+
+class Store:
+    """One object per process; it keeps one SQLite connection per thread."""
+
+    def __init__(self, path: Path, *, durable: bool = True, busy_timeout_ms: int = 60_000):
+        self.path = Path(path)
+        self.durable = durable
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    # -- connections ----------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taken up front (BEGIN IMMEDIATE) so it never fails half-way on a lock."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def init(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._conn()
+        # executescript manages its own transaction; every statement is IF NOT EXISTS.
+        conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+        with self._tx():
+            conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: a cheap 'anything new?' poll."""
+        return int(self._conn().execute("PRAGMA data_version").fetchone()[0])
+
+    # -- receiving ------------------------------------------------------------------------------
+    def add_instance(self, spool_key: str, facts: InstanceFacts, jobs: Sequence[NewJob], now: float) -> int:
+        """Record a spooled object and its jobs in one transaction. No jobs = kept as unrouted."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO instances(spool_key, sop_instance_uid, sop_class_uid, transfer_syntax, study_uid, "
+                "series_uid, patient_id, accession, modality, calling_ae, called_ae, source_node, size_bytes, "
+                "received_at, routed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    spool_key,
+                    facts.sop_instance_uid,
+                    facts.sop_class_uid,
+                    facts.transfer_syntax,
+                    facts.study_uid,
+                    facts.series_uid,
+                    facts.patient_id,
+                    facts.accession,
+                    facts.modality,
+                    facts.calling_ae,
+                    facts.called_ae,
+                    facts.source_node,
+                    facts.size_bytes,
+                    now,
+                    1 if jobs else 0,
+                ),
+            )
+            instance_id = int(cur.lastrowid or 0)
+            for job in jobs:
+                conn.execute(
+                    "INSERT INTO jobs(instance_id, destination, route, priority, state, next_attempt_at, "
+                    "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (instance_id, job.destination, job.route, job.priority, JobState.QUEUED, now, now, now),
+                )
+        return instance_id
+
+    # -- forwarding -----------------------------------------------------------------------------
+    def claim(self, destination: str, worker: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
+        """Take up to `limit` due jobs of one destination, highest priority first, then oldest."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "UPDATE jobs SET state = ?, claimed_by = ?, lease_until = ?, attempts = attempts + 1, "
+                "updated_at = ? WHERE id IN (SELECT id FROM jobs WHERE destination = ? AND state = ? "
+                "AND next_attempt_at <= ? ORDER BY priority, id LIMIT ?) RETURNING id",
+                (
+                    JobState.SENDING,
+                    worker,
+                    now + lease_seconds,
+                    now,
+                    destination,
+                    JobState.QUEUED,
+                    now,
+                    limit,
+                ),
+            ).fetchall()
+            ids = sorted((r[0] for r in rows), key=int)
+            if not ids:
+                return []
+            jobs = self._jobs_by_ids(conn, ids)
+        jobs.sort(key=lambda j: (j.priority, j.id))
+        return jobs
+
+    def next_due_at(self, destination: str) -> float | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT MIN(next_attempt_at) FROM jobs WHERE destination = ? AND state = ?",
+                (destination, JobState.QUEUED),
+            )
+            .fetchone()
+        )
+        return None if row[0] is None else float(row[0])
+
+    def ack(self, job_id: int, status: int, detail: str, now: float, keep_spool: bool) -> str | None:
+        """The destination has the object. Returns the spool key to delete if nothing else needs it."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE jobs SET state = ?, last_status = ?, last_error = NULL, done_at = ?, updated_at = ?, "
+                "lease_until = NULL, claimed_by = NULL WHERE id = ? AND state = ?",
+                (JobState.DONE, status, now, now, job_id, JobState.SENDING),
+            )
+            self._event(conn, job_id, now, "delivered", status, detail)
+            return self._finish_instance_if_complete(conn, job_id, now, keep_spool)
+
+    def retry_later(
+        self, job_id: int, status: int | None, error: str, now: float, delay: float, max_attempts: int | None
+    ) -> str:
+        """A transient failure. Returns the new state (queued, or failed once attempts are used up)."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            exhausted = max_attempts is not None and row is not None and row[0] >= max_attempts
+            state = JobState.FAILED if exhausted else JobState.QUEUED
+            conn.execute(
+                "UPDATE jobs SET state = ?, last_status = ?, last_error = ?, next_attempt_at = ?, updated_at = ?, "
+                "lease_until = NULL, claimed_by = NULL WHERE id = ? AND state = ?",
+                (state, status, error, now + delay, now, job_id, JobState.SENDING),
+            )
+            self._event(conn, job_id, now, "failed" if exhausted else "attempt_failed", status, error)
+        return state
+
+    def fail(self, job_id: int, status: int | None, error: str, now: float) -> None:
+        """A permanent refusal: retrying will not help, an operator must decide."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE jobs SET state = ?, last_status = ?, last_error = ?, updated_at = ?, lease_until = NULL, "
+                "claimed_by = NULL WHERE id = ? AND state = ?",
+                (JobState.FAILED, status, error, now, job_id, JobState.SENDING),
+            )
+            self._event(conn, job_id, now, "failed", status, error)
+
+    def give_back(self, job_ids: Sequence[int], now: float, reason: str) -> None:
+        """Return claimed jobs unsent (shutdown, circuit opened) without counting the attempt."""
+        if not job_ids:
+            return
+        with self._tx() as conn:
+            for job_id in job_ids:
+                conn.execute(
+                    "UPDATE jobs SET state = ?, attempts = MAX(0, attempts - 1), lease_until = NULL, "
+                    "claimed_by = NULL, updated_at = ? WHERE id = ? AND state = ?",
+                    (JobState.QUEUED, now, job_id, JobState.SENDING),
+                )
+                self._event(conn, job_id, now, "returned", None, reason)
+
+    def recover_abandoned(self, now: float, dead_claimants_prefix: str | None = None) -> int:
+        """Requeue claims whose lease ran out, or that a dead process on this host held."""
+        with self._tx() as conn:
+            args: list[Any] = [JobState.QUEUED, now, JobState.SENDING, now]
+            extra = ""
+            if dead_claimants_prefix:
+                extra = " OR claimed_by LIKE ?"
+                args.append(dead_claimants_prefix + "%")
+            rows = conn.execute(
+                "UPDATE jobs SET state = ?, lease_until = NULL, claimed_by = NULL, updated_at = ? "
+                f"WHERE state = ? AND (lease_until < ?{extra}) RETURNING id",
+                args,
+            ).fetchall()
+            for (job_id,) in rows:
+                self._event(conn, job_id, now, "requeued", None, "claim abandoned (process ended mid-send)")
+        return len(rows)
+
+    def extend_lease(self, job_ids: Sequence[int], lease_seconds: float, now: float) -> None:
+        if not job_ids:
+            return
+        with self._tx() as conn:
+            conn.execute(
+                f"UPDATE jobs SET lease_until = ? WHERE id IN ({','.join('?' * len(job_ids))}) AND state = ?",
+                (now + lease_seconds, *job_ids, JobState.SENDING),
+            )
+
+    def make_due(self, destination: str, now: float) -> int:
+        """Jobs backed off during an outage need not wait out their delays once the peer answers."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET next_attempt_at = ? WHERE destination = ? AND state = ? AND next_attempt_at > ?",
+                (now, destination, JobState.QUEUED, now),
+            )
+            return cur.rowcount
+
+    # -- destinations (circuit breaker state, shared with `status`) -----------------------------
+    def record_connect_result(self, destination: str, ok: bool, error: str | None, now: float) -> int:
+        """Count consecutive connection failures; returns the count after this result."""
+        with self._tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO destinations(name) VALUES (?)", (destination,))
+            if ok:
+                conn.execute(
+                    "UPDATE destinations SET consecutive_failures = 0, last_success_at = ? WHERE name = ?",
+                    (now, destination),
+                )
+                return 0
+            row = conn.execute(
+                "UPDATE destinations SET consecutive_failures = consecutive_failures + 1, last_error = ? "
+                "WHERE name = ? RETURNING consecutive_failures",
+                (error, destination),
+            ).fetchone()
+            return int(row[0])
+
+    def set_circuit(self, destination: str, state: str, now: float, error: str | None = None) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO destinations(name) VALUES (?)", (destination,))
+            conn.execute(
+                "UPDATE destinations SET circuit = ?, circuit_since = ?, last_error = COALESCE(?, last_error) "
+                "WHERE name = ?",
+                (state, now, error, destination),
+            )
+
+    def circuit_of(self, destination: str) -> str:
+        row = (
+            self._conn().execute("SELECT circuit FROM destinations WHERE name = ?", (destination,)).fetchone()
+        )
+        return "closed" if row is None else str(row[0])
+
+    # -- operator actions -----------------------------------------------------------------------
+    def retry(self, flt: JobFilter, actor: str, reason: str, now: float) -> ActionResult:
+        """Failed or backing-off jobs: try again now, with a fresh attempt budget."""
+        return self._transition(
+            flt,
+            (JobState.FAILED, JobState.QUEUED),
+            JobState.QUEUED,
+            "operator_retry",
+            actor,
+            reason,
+            now,
+            reset_attempts=True,
+        )
+
+    def hold(self, flt: JobFilter, actor: str, reason: str, now: float) -> ActionResult:
+        return self._transition(
+            flt, (JobState.QUEUED, JobState.FAILED), JobState.HELD, "operator_hold", actor, reason, now
+        )
+
+    def release(self, flt: JobFilter, actor: str, reason: str, now: float) -> ActionResult:
+        return self._transition(
+            flt, (JobState.HELD,), JobState.QUEUED, "operator_release", actor, reason, now
+        )
+
+    def cancel(self, flt: JobFilter, actor: str, reason: str, now: float, keep_spool: bool) -> ActionResult:
+        return self._transition(
+            flt,
+            (JobState.QUEUED, JobState.HELD, JobState.FAILED),
+            JobState.CANCELLED,
+            "operator_cancel",
+            actor,
+            reason,
+            now,
+            finish=True,
+            keep_spool=keep_spool,
+        )
+
+    def _transition(
+        self,
+        flt: JobFilter,
+        from_states: Sequence[str],
+        to_state: str,
+        event: str,
+        actor: str,
+        reason: str,
+        now: float,
+        *,
+        reset_attempts: bool = False,
+        finish: bool = False,
+        keep_spool: bool = True,
+    ) -> ActionResult:
+        where, args = flt.where(now)
+        freed: list[str] = []
+        with self._tx() as conn:
+            matched = conn.execute(
+                f"SELECT j.id, j.state FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE {where}",
+                args,
+            ).fetchall()
+            ids = [r[0] for r in matched if r[1] in from_states]
+            for job_id in ids:
+                conn.execute(
+                    "UPDATE jobs SET state = ?, updated_at = ?, next_attempt_at = ?, "
+                    f"attempts = {'0' if reset_attempts else 'attempts'} WHERE id = ?",
+                    (to_state, now, now, job_id),
+                )
+                self._event(conn, job_id, now, event, None, reason, actor)
+                if finish:
+                    key = self._finish_instance_if_complete(conn, job_id, now, keep_spool)
+                    if key:
+                        freed.append(key)
+        return ActionResult(changed=len(ids), skipped=len(matched) - len(ids), spool_keys_freed=freed)
+
+    # -- reading --------------------------------------------------------------------------------
+    def list_jobs(self, flt: JobFilter, limit: int = 100, offset: int = 0) -> list[Job]:
+        where, args = flt.where(time.time())
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE {where} "
+                "ORDER BY j.id LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            )
+            .fetchall()
+        )
+        return [Job(**dict(r)) for r in rows]
+
+    def count_jobs(self, flt: JobFilter) -> int:
+        where, args = flt.where(time.time())
+        row = (
+            self._conn()
+            .execute(
+                f"SELECT COUNT(*) FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE {where}", args
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
+    def get_job(self, job_id: int) -> Job | None:
+        jobs = self._jobs_by_ids(self._conn(), [job_id])
+        return jobs[0] if jobs else None
+
+    def job_events(self, job_id: int) -> list[dict[str, Any]]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT at, event, status, detail, actor FROM job_events WHERE job_id = ? ORDER BY id",
+                (job_id,),
+            )
+            .fetchall()
+        )
+        return [dict(r) for r in rows]
+
+    def list_unrouted(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT id, spool_key, sop_instance_uid, study_uid, patient_id, accession, modality, calling_ae, "
+                "received_at FROM instances WHERE routed = 0 ORDER BY id LIMIT ? OFFSET ?",
+                (limit, offset),
+            )
+            .fetchall()
+        )
+        return [dict(r) for r in rows]
+
+    def instance_counts(self) -> dict[str, int]:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT COUNT(*), COALESCE(SUM(routed = 0), 0), COALESCE(SUM(spool_state = 'kept'), 0), "
+                "COALESCE(SUM(CASE WHEN spool_state = 'kept' THEN size_bytes ELSE 0 END), 0) FROM instances"
+            )
+            .fetchone()
+        )
+        return {"instances": row[0], "unrouted": row[1], "spooled": row[2], "spooled_bytes": row[3]}
+
+    def destination_stats(self, now: float) -> dict[str, DestinationStats]:
+        conn = self._conn()
+        stats: dict[str, DestinationStats] = {}
+
+        def get(name: str) -> DestinationStats:
+            return stats.setdefault(name, DestinationStats(name))
+
+        for name, state, n in conn.execute("SELECT destination, state, COUNT(*) FROM jobs GROUP BY 1, 2"):
+            get(name).counts[state] = n
+        for name, oldest in conn.execute(
+            "SELECT destination, MIN(created_at) FROM jobs WHERE state IN (?, ?) GROUP BY 1",
+            (JobState.QUEUED, JobState.SENDING),
+        ):
+            get(name).oldest_pending_at = oldest
+        for name, n in conn.execute(
+            "SELECT j.destination, COUNT(*) FROM job_events e JOIN jobs j ON j.id = e.job_id "
+            "WHERE e.event IN ('attempt_failed', 'failed') AND e.at > ? GROUP BY 1",
+            (now - 3600,),
+        ):
+            get(name).failures_last_hour = n
+        for row in conn.execute(
+            "SELECT name, circuit, circuit_since, last_error, last_success_at FROM destinations"
+        ):
+            s = get(row[0])
+            s.circuit, s.circuit_since, s.last_error, s.last_success_at = row[1], row[2], row[3], row[4]
+        return stats
+
+    # -- spool housekeeping ---------------------------------------------------------------------
+    def spool_keys_to_delete(self, finished_before: float, limit: int = 500) -> list[str]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT spool_key FROM instances WHERE spool_state = 'kept' AND finished_at IS NOT NULL "
+                "AND finished_at <= ? LIMIT ?",
+                (finished_before, limit),
+            )
+            .fetchall()
+        )
+        return [r[0] for r in rows]
+
+    def mark_spool_deleted(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE instances SET spool_state = 'deleted' WHERE spool_key = ?", [(k,) for k in keys]
+            )
+
+    def known_spool_keys(self, keys: Sequence[str]) -> set[str]:
+        """Of `keys`, those an instance still needs on disk (spool_state 'kept')."""
+        known: set[str] = set()
+        conn = self._conn()
+        for i in range(0, len(keys), 500):
+            chunk = list(keys[i : i + 500])
+            rows = conn.execute(
+                f"SELECT spool_key FROM instances WHERE spool_state = 'kept' AND spool_key IN "
+                f"({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            known.update(r[0] for r in rows)
+        return known
+
+    # -- processes (heartbeats, so `status` knows what runs) ------------------------------------
+    def heartbeat(self, name: str, started_at: float, now: float, detail: str = "") -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO processes(name, pid, host, started_at, heartbeat_at, detail) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET pid = excluded.pid, host = excluded.host, "
+                "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, detail = excluded.detail",
+                (name, os.getpid(), this_host(), started_at, now, detail),
+            )
+
+    def processes(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._conn().execute("SELECT * FROM processes ORDER BY name")]
+
+    # -- internals ------------------------------------------------------------------------------
+    @staticmethod
+    def _event(
+        conn: sqlite3.Connection,
+        job_id: int,
+        now: float,
+        event: str,
+        status: int | None,
+        detail: str | None,
+        actor: str | None = None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO job_events(job_id, at, event, status, detail, actor) VALUES (?,?,?,?,?,?)",
+            (job_id, now, event, status, detail, actor),
+        )
+
+    @staticmethod
+    def _jobs_by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> list[Job]:
+        rows = conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs j JOIN instances i ON i.id = j.instance_id "
+            f"WHERE j.id IN ({','.join('?' * len(ids))})",
+            list(ids),
+        ).fetchall()
+        return [Job(**dict(r)) for r in rows]
+
+    @staticmethod
+    def _finish_instance_if_complete(
+        conn: sqlite3.Connection, job_id: int, now: float, keep_spool: bool
+    ) -> str | None:
+        row = conn.execute(
+            "SELECT i.id, i.spool_key FROM instances i JOIN jobs j ON j.instance_id = i.id WHERE j.id = ?",
+            (job_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        instance_id, key = row
+        pending = conn.execute(
+            f"SELECT COUNT(*) FROM jobs WHERE instance_id = ? AND state NOT IN ({','.join('?' * len(TERMINAL))})",
+            (instance_id, *TERMINAL),
+        ).fetchone()[0]
+        if pending:
+            return None
+        if keep_spool:
+            conn.execute("UPDATE instances SET finished_at = ? WHERE id = ?", (now, instance_id))
+            return None
+        conn.execute(
+            "UPDATE instances SET finished_at = ?, spool_state = 'deleted' WHERE id = ?", (now, instance_id)
+        )
+        return str(key)

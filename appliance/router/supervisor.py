@@ -1,0 +1,140 @@
+"""`dicom-router serve`: runs the receiver and the forwarder as two child processes and keeps them up.
+
+Why two processes: one Python process is GIL-bound for DICOM relaying, and pynetdicom 3.0.4 SCP and
+SCU associations in one process were seen to take each other's DIMSE responses
+(shared/notes/dicom-relay-facts.md). The two coordinate only through the queue database.
+
+Signals: SIGTERM/SIGINT drain both (each finishes in-flight work up to `drain_seconds`); SIGHUP
+validates the config first and forwards the reload only if it is valid, so a bad file never
+reaches a running process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .config import ConfigError, load_config
+from .logsetup import log, setup_logging
+
+LOG = logging.getLogger("router.supervisor")
+CHILDREN = ("receiver", "forwarder")
+EXIT_CANNOT_LISTEN = 3
+EXIT_BAD_CONFIG = 2
+
+
+def _die_with_parent() -> None:
+    # If the supervisor is killed (even -9), the children go too: no orphan holding the DICOM port.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Supervisor:
+    def __init__(self, config_path: Path):
+        self.config_path = config_path
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts: dict[str, int] = dict.fromkeys(CHILDREN, 0)
+        self.stop = threading.Event()
+        self.hup = threading.Event()
+        self.exit_code = 0
+
+    def spawn(self, name: str) -> None:
+        cmd = [sys.executable, "-m", "appliance.router", "_run", name, "--config", str(self.config_path)]
+        self.procs[name] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        log(LOG, logging.INFO, f"started {name}", pid=self.procs[name].pid)
+
+    def run(self) -> int:
+        try:
+            cfg = load_config(self.config_path)
+        except ConfigError as exc:
+            setup_logging("supervisor", None)
+            LOG.critical(f"cannot start: {exc}")
+            return EXIT_BAD_CONFIG
+        setup_logging("supervisor", cfg.router.log_dir)
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.hup.set())
+        for name in CHILDREN:
+            self.spawn(name)
+        next_start: dict[str, float] = {}
+        while not self.stop.wait(0.2):
+            if self.hup.is_set():
+                self.hup.clear()
+                self._reload()
+            for name, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                if code == EXIT_CANNOT_LISTEN or code == EXIT_BAD_CONFIG:
+                    log(
+                        LOG,
+                        logging.CRITICAL,
+                        f"{name} cannot run (exit {code}); stopping the router — see the message above",
+                    )
+                    self.exit_code = code
+                    self.stop.set()
+                    break
+                if name not in next_start:
+                    self.restarts[name] += 1
+                    delay = min(30.0, 2.0 ** min(self.restarts[name], 5) / 2)
+                    next_start[name] = time.monotonic() + delay
+                    log(
+                        LOG,
+                        logging.ERROR,
+                        f"{name} exited unexpectedly (code {code}); restarting in {delay:g} s",
+                        restarts=self.restarts[name],
+                    )
+                elif time.monotonic() >= next_start[name]:
+                    del next_start[name]
+                    self.spawn(name)
+        return self._shutdown(cfg.router.drain_seconds)
+
+    def _reload(self) -> None:
+        try:
+            load_config(self.config_path)
+        except ConfigError as exc:
+            log(LOG, logging.ERROR, f"SIGHUP: the new config is invalid, keeping the running one: {exc}")
+            return
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
+        log(LOG, logging.INFO, "SIGHUP: config valid, reload passed to receiver and forwarder")
+
+    def _shutdown(self, drain_seconds: float) -> int:
+        log(LOG, logging.INFO, f"stopping: draining in-flight work for up to {drain_seconds:g} s")
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + drain_seconds + 5
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(LOG, logging.WARNING, f"{name} did not stop in time; killing it")
+                proc.kill()
+                proc.wait()
+        log(LOG, logging.INFO, "router stopped")
+        return self.exit_code
+
+
+def run_child(name: str, config_path: Path) -> int:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    if name == "receiver":
+        from . import receiver
+
+        return receiver.run(config_path)
+    if name == "forwarder":
+        from . import forwarder
+
+        return forwarder.run(config_path)
+    raise SystemExit(f"unknown process {name}")

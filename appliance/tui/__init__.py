@@ -1,0 +1,1 @@
+"""The on-call console (Textual). Reaches the router only through its backend module; see issue 6."""
