@@ -123,8 +123,16 @@ class DestinationPool:
                 return
             result = echo(self.cfg.router.ae_title, self.peer)
             if result.ok:
-                self.circuit.close()
-                due = self.store.make_due(self.name, time.time())
+                try:
+                    self.circuit.close()
+                    due = self.store.make_due(self.name, time.time())
+                except sqlite3.Error as exc:
+                    log(
+                        LOG,
+                        logging.ERROR,
+                        f"probe of {self.name} succeeded but the queue database failed: {exc}",
+                    )
+                    continue
                 log(
                     LOG,
                     logging.INFO,
@@ -148,8 +156,8 @@ class DestinationPool:
         assoc: Association | None = None
         accepted: set[tuple[str, str]] = set()
         last_used = time.monotonic()
-        try:
-            while not self.stop.is_set():
+        while not self.stop.is_set():
+            try:
                 if not self.circuit.closed.is_set():
                     assoc = _release(assoc)
                     self.circuit.closed.wait(1.0)
@@ -162,14 +170,21 @@ class DestinationPool:
                 jobs = self.store.claim(
                     self.name, worker_id, CLAIM_BATCH, self.cfg.router.lease_seconds, time.time()
                 )
-                if not jobs:
-                    continue
-                assoc, accepted = self._send_batch(ae, assoc, accepted, jobs)
-                last_used = time.monotonic()
-        except Exception:
-            LOG.exception("forwarder worker %s crashed; its claims will be requeued", worker_id)
-        finally:
-            _release(assoc)
+                if jobs:
+                    assoc, accepted = self._send_batch(ae, assoc, accepted, jobs)
+                    last_used = time.monotonic()
+            except Exception as exc:
+                # E.g. the queue database's disk is full. Keep the worker alive; claims it could not
+                # settle stay `sending` and are requeued when their lease runs out.
+                log(
+                    LOG,
+                    logging.ERROR,
+                    f"forwarder worker {worker_id}: {type(exc).__name__}: {exc}; retrying in 5 s",
+                    destination=self.name,
+                )
+                assoc = _abort(assoc)
+                self.stop.wait(5.0)
+        _release(assoc)
 
     def _has_due_work(self) -> bool:
         due = self.store.next_due_at(self.name)

@@ -37,6 +37,13 @@ _REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 _REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, local limit exceeded: the sender will retry
 
 
+def _reject(assoc: Any, result_source_reason: tuple[int, int, int]) -> None:
+    # As pynetdicom does for its own rejections: queue the A-ASSOCIATE-RJ, then wait (kill) until the
+    # DUL has sent it and the peer closed; otherwise the socket is shut first and the peer sees an abort.
+    assoc.acse.send_reject(*result_source_reason)
+    assoc.kill()
+
+
 def _use_spool_for_incoming(spool: Spool) -> None:
     """Make pynetdicom stream each incoming dataset into our spool's tmp/ rather than /tmp.
 
@@ -82,7 +89,7 @@ class Receiver:
                 calling_ae=calling,
                 peer=peer,
             )
-            assoc.acse.send_reject(*_REJECT_BUSY)
+            _reject(assoc, _REJECT_BUSY)
             return
         if called != cfg.router.ae_title:
             log(
@@ -102,7 +109,7 @@ class Receiver:
                 peer=peer,
                 reason="called AE title not recognised",
             )
-            assoc.acse.send_reject(*_REJECT_CALLED_AE)
+            _reject(assoc, _REJECT_CALLED_AE)
             return
         if calling not in cfg.sources_by_ae() and not cfg.router.accept_unknown_callers:
             log(
@@ -121,7 +128,7 @@ class Receiver:
                 peer=peer,
                 reason="calling AE title not a configured source",
             )
-            assoc.acse.send_reject(*_REJECT_CALLING_AE)
+            _reject(assoc, _REJECT_CALLING_AE)
 
     def on_accepted(self, event: evt.Event) -> None:
         a = event.assoc

@@ -459,8 +459,9 @@ class Store:
             args: list[Any] = [JobState.QUEUED, now, JobState.SENDING, now]
             extra = ""
             if dead_claimants_prefix:
-                extra = " OR claimed_by LIKE ?"
-                args.append(dead_claimants_prefix + "%")
+                # An exact prefix comparison: with LIKE, `_` or `%` in a hostname would be wildcards.
+                extra = " OR substr(claimed_by, 1, ?) = ?"
+                args += [len(dead_claimants_prefix), dead_claimants_prefix]
             rows = conn.execute(
                 "UPDATE jobs SET state = ?, lease_until = NULL, claimed_by = NULL, updated_at = ? "
                 f"WHERE state = ? AND (lease_until < ?{extra}) RETURNING id",
