@@ -357,7 +357,7 @@ def _semantic_problems(doc: Any) -> list[Problem]:
         if not isinstance(route, dict):
             continue
         name = route.get("name")
-        if name in names:
+        if name is not None and name in names:  # a missing name is reported by the schema
             add(("routes", i, "name"), f"route name '{name}' is used twice: give each route its own name")
         names.add(name)
         to = route.get("to") if isinstance(route.get("to"), list) else []

@@ -392,6 +392,15 @@ def test_duplicate_route_names() -> None:
     assert "'ct' is used twice" in p.message
 
 
+def test_routes_without_names_are_not_called_duplicates() -> None:
+    text = NODES + "routes:\n  - to: [PACS_MAIN]\n  - to: [PACS_MAIN]\n"
+    problems = problems_of(text)
+    assert [(p.where, p.message) for p in problems] == [
+        ("routes[0].name", "this key is required"),
+        ("routes[1].name", "this key is required"),
+    ]
+
+
 def test_invalid_yaml_syntax() -> None:
     text = yaml_text(
         """

@@ -200,8 +200,9 @@ def test_two_stores_never_claim_the_same_job(db_path: Path) -> None:
     setup = Store(db_path)
     setup.init()
     total = 300
+    rng = random.Random(1)
     for _ in range(total):
-        add(setup, priority=random.Random(1).randint(0, 2))
+        add(setup, priority=rng.randint(0, 2))
     setup.close()
 
     stores = [Store(db_path, durable=False), Store(db_path, durable=False)]

@@ -1,0 +1,71 @@
+"""A full spool disk: the sender gets 0xA700 (out of resources), no partial file remains, and the router
+recovers by itself once forwarding frees space."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.data import make_ct_series, sop_instance_uid
+from tests.support.peers import Router, StoreSCP
+
+TMPFS_SIZE = "8m"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs for the spool (CI runs as root)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_spool_disk_refuses_with_a700_and_recovers(tmp_path: Path, small_disk: Path) -> None:
+    files = make_ct_series(tmp_path / "in", 24, seed=24)  # 24 × 512 KB = 12 MB > 8 MB disk
+    scp = StoreSCP(tmp_path, "PACS")  # destination down: nothing drains the spool yet
+    router = Router(
+        tmp_path,
+        destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port,
+                                    "role": "destination", "retry": {"base_seconds": 0.2, "cap_seconds": 1},
+                                    "circuit": {"open_after_failures": 2, "probe_seconds": 0.5}}},
+        router_extra={"state_dir": str(small_disk / "state")},
+    ).start()
+    to = f"DICOM_ROUTER@127.0.0.1:{router.port}"
+    try:
+        res = router.cli("send", *map(str, files), "--to", to, "--calling-ae", "PYSCU", "--json", check=False)
+        report = json.loads(res.stdout)
+        assert res.returncode == 1
+        refused = [f for f in report["failures"] if "0xA700" in f]
+        assert refused, report
+        assert report["stored"] > 0 and report["stored"] + len(refused) == len(files)
+        assert all("out of resources" in f for f in refused)
+        log = router.log_text()
+        assert "the spool disk is full" in log or "queue database" in log
+
+        spool = small_disk / "state" / "spool"
+        assert not list((spool / "tmp").iterdir()), "a refused object left a partial file"
+        on_disk = list((spool / "objects").rglob("*.dcm"))
+        assert len(on_disk) == report["stored"], "every accepted object is spooled, and nothing else"
+        assert router.status()["instances"]["instances"] == report["stored"]
+
+        # Space returns when the destination comes back and the spool drains.
+        scp.start()
+        router.wait_delivered(report["stored"], timeout=60)
+        stored_first = {sop_instance_uid(p) for p in scp.files()}
+        retry = [f for f in files if sop_instance_uid(f) not in stored_first]
+        res = router.cli("send", *map(str, retry), "--to", to, "--calling-ae", "PYSCU", "--json", check=False)
+        assert json.loads(res.stdout)["ok"], res.stdout
+        router.wait_delivered(len(files), timeout=60)
+        assert {sop_instance_uid(p) for p in scp.files()} == {sop_instance_uid(p) for p in files}
+    finally:
+        router.stop()
+        scp.stop()
