@@ -93,6 +93,7 @@ class DestinationPool:
         self.abort_now = threading.Event()
         self.circuit = Circuit(name, node, store)
         self.threads: list[threading.Thread] = []
+        self._local = threading.local()  # .worker_id: whose claims this thread settles
         self.claimant_prefix = f"{this_host()}:{os.getpid()}:{name}"
 
     def start(self) -> None:
@@ -152,6 +153,7 @@ class DestinationPool:
     # -- workers --------------------------------------------------------------------------------
     def _worker(self, index: int) -> None:
         worker_id = f"{self.claimant_prefix}:{index}"
+        self._local.worker_id = worker_id
         ae = make_ae(self.cfg.router.ae_title, self.node.timeouts)
         assoc: Association | None = None
         accepted: set[tuple[str, str]] = set()
@@ -209,6 +211,11 @@ class DestinationPool:
                 try:
                     assoc, accepted = open_association(ae, self.peer, wanted)
                 except AssociationFailed as exc:
+                    if exc.no_contexts:
+                        self.circuit.success()
+                        for j in pending:
+                            self._fail(j, None, _no_context_reason(self.peer, j))
+                        return None, set()
                     self.circuit.failure(str(exc))
                     for j in pending:
                         self._retry_later(j, None, str(exc))
@@ -217,17 +224,14 @@ class DestinationPool:
                 self.circuit.success()
                 if key not in accepted:
                     pending.pop(0)
-                    self._fail(
-                        job,
-                        None,
-                        f"destination {self.peer.describe()} does not accept SOP class {job.sop_class_uid} in "
-                        f"transfer syntax {job.transfer_syntax} (no presentation context accepted)",
-                    )
+                    self._fail(job, None, _no_context_reason(self.peer, job))
                     continue
             pending.pop(0)
             assoc = self._send_one(assoc, job)
         if pending:
-            self.store.give_back([j.id for j in pending], time.time(), "router shutting down")
+            self.store.give_back(
+                [j.id for j in pending], time.time(), "router shutting down", self._claimant()
+            )
         return assoc, accepted if assoc is not None else set()
 
     def _send_one(self, assoc: Association, job: Job) -> Association | None:
@@ -284,11 +288,20 @@ class DestinationPool:
             attempts=job.attempts,
         )
 
+    def _claimant(self) -> str | None:
+        return getattr(self._local, "worker_id", None)
+
     def _retry_later(self, job: Job, status: int | None, error: str) -> None:
         r = self.node.retry
         delay = backoff_delay(job.attempts, r.base_seconds, r.cap_seconds)
         state = self.store.retry_later(
-            job.id, status, f"{error} (retry in {delay:.0f} s)", time.time(), delay, r.max_attempts
+            job.id,
+            status,
+            f"{error} (retry in {delay:.0f} s)",
+            time.time(),
+            delay,
+            r.max_attempts,
+            self._claimant(),
         )
         self.audit.record(
             "forward_attempt_failed" if state == "queued" else "forward_failed",
@@ -303,7 +316,7 @@ class DestinationPool:
         )
 
     def _fail(self, job: Job, status: int | None, error: str) -> None:
-        self.store.fail(job.id, status, error, time.time())
+        self.store.fail(job.id, status, error, time.time(), self._claimant())
         log(
             LOG, logging.ERROR, f"job {job.id} failed permanently: {error}", destination=self.name, job=job.id
         )
@@ -318,6 +331,14 @@ class DestinationPool:
             reason=error,
             status=None if status is None else f"0x{status:04X}",
         )
+
+
+def _no_context_reason(peer: Peer, job: Job) -> str:
+    return (
+        f"destination {peer.describe()} does not accept SOP class {job.sop_class_uid} in transfer syntax "
+        f"{job.transfer_syntax} (no presentation context accepted) — enable it on the destination, or route "
+        "this kind of object elsewhere"
+    )
 
 
 def _release(assoc: Association | None) -> None:

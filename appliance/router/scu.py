@@ -68,9 +68,12 @@ class Peer:
 class AssociationFailed(Exception):
     """Could not open an association; the message is meant for an operator."""
 
-    def __init__(self, message: str, permanent: bool = False):
+    def __init__(self, message: str, permanent: bool = False, no_contexts: bool = False):
         super().__init__(message)
         self.permanent = permanent
+        # The peer accepted the association but none of the proposed (SOP class, transfer syntax) pairs:
+        # it is reachable, it just will not take these objects in this encoding.
+        self.no_contexts = no_contexts
 
 
 def _nodelay(event: evt.Event) -> None:
@@ -149,6 +152,13 @@ def open_association(
         words = _REJECT_REASONS.get((source or 0, reason or 0), f"source {source}, reason {reason}")
         kind = "permanently" if result == 1 else "for now (transient)"
         raise AssociationFailed(f"destination {peer.describe()} rejected the association {kind}: {words}")
+    prim = assoc.acceptor.primitive
+    if prim is not None and getattr(prim, "result", None) == 0:
+        raise AssociationFailed(
+            f"destination {peer.describe()} accepted the association but none of the proposed presentation "
+            "contexts",
+            no_contexts=True,
+        )
     raise AssociationFailed(f"destination {peer.describe()}: {_diagnose_connect(peer)}")
 
 

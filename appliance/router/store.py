@@ -404,54 +404,75 @@ class Store:
         return None if row[0] is None else float(row[0])
 
     def ack(self, job_id: int, status: int, detail: str, now: float, keep_spool: bool) -> str | None:
-        """The destination has the object. Returns the spool key to delete if nothing else needs it."""
+        """The destination has the object. Returns the spool key to delete if nothing else needs it.
+
+        Accepted even if the claim's lease ran out meanwhile (job requeued or re-claimed): the
+        destination confirmed storage, so the job is done and a pending re-send becomes harmless.
+        """
         with self._tx() as conn:
-            conn.execute(
+            cur = conn.execute(
                 "UPDATE jobs SET state = ?, last_status = ?, last_error = NULL, done_at = ?, updated_at = ?, "
-                "lease_until = NULL, claimed_by = NULL WHERE id = ? AND state = ?",
-                (JobState.DONE, status, now, now, job_id, JobState.SENDING),
+                "lease_until = NULL, claimed_by = NULL WHERE id = ? AND state IN (?, ?)",
+                (JobState.DONE, status, now, now, job_id, JobState.SENDING, JobState.QUEUED),
             )
+            if cur.rowcount == 0:
+                return None
             self._event(conn, job_id, now, "delivered", status, detail)
             return self._finish_instance_if_complete(conn, job_id, now, keep_spool)
 
     def retry_later(
-        self, job_id: int, status: int | None, error: str, now: float, delay: float, max_attempts: int | None
+        self,
+        job_id: int,
+        status: int | None,
+        error: str,
+        now: float,
+        delay: float,
+        max_attempts: int | None,
+        claimant: str | None = None,
     ) -> str:
-        """A transient failure. Returns the new state (queued, or failed once attempts are used up)."""
+        """A transient failure. Returns the new state (queued, or failed once attempts are used up).
+
+        With `claimant`, only that worker's live claim is changed (a result that arrives after the lease
+        ran out and another worker took the job must not overwrite the newer attempt)."""
         with self._tx() as conn:
             row = conn.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
             exhausted = max_attempts is not None and row is not None and row[0] >= max_attempts
             state = JobState.FAILED if exhausted else JobState.QUEUED
-            conn.execute(
+            cur = conn.execute(
                 "UPDATE jobs SET state = ?, last_status = ?, last_error = ?, next_attempt_at = ?, updated_at = ?, "
-                "lease_until = NULL, claimed_by = NULL WHERE id = ? AND state = ?",
-                (state, status, error, now + delay, now, job_id, JobState.SENDING),
+                "lease_until = NULL, claimed_by = NULL WHERE id = ? AND state = ? AND (? IS NULL OR claimed_by = ?)",
+                (state, status, error, now + delay, now, job_id, JobState.SENDING, claimant, claimant),
             )
-            self._event(conn, job_id, now, "failed" if exhausted else "attempt_failed", status, error)
+            if cur.rowcount:
+                self._event(conn, job_id, now, "failed" if exhausted else "attempt_failed", status, error)
         return state
 
-    def fail(self, job_id: int, status: int | None, error: str, now: float) -> None:
+    def fail(
+        self, job_id: int, status: int | None, error: str, now: float, claimant: str | None = None
+    ) -> None:
         """A permanent refusal: retrying will not help, an operator must decide."""
         with self._tx() as conn:
-            conn.execute(
+            cur = conn.execute(
                 "UPDATE jobs SET state = ?, last_status = ?, last_error = ?, updated_at = ?, lease_until = NULL, "
-                "claimed_by = NULL WHERE id = ? AND state = ?",
-                (JobState.FAILED, status, error, now, job_id, JobState.SENDING),
+                "claimed_by = NULL WHERE id = ? AND state = ? AND (? IS NULL OR claimed_by = ?)",
+                (JobState.FAILED, status, error, now, job_id, JobState.SENDING, claimant, claimant),
             )
-            self._event(conn, job_id, now, "failed", status, error)
+            if cur.rowcount:
+                self._event(conn, job_id, now, "failed", status, error)
 
-    def give_back(self, job_ids: Sequence[int], now: float, reason: str) -> None:
+    def give_back(self, job_ids: Sequence[int], now: float, reason: str, claimant: str | None = None) -> None:
         """Return claimed jobs unsent (shutdown, circuit opened) without counting the attempt."""
         if not job_ids:
             return
         with self._tx() as conn:
             for job_id in job_ids:
-                conn.execute(
+                cur = conn.execute(
                     "UPDATE jobs SET state = ?, attempts = MAX(0, attempts - 1), lease_until = NULL, "
-                    "claimed_by = NULL, updated_at = ? WHERE id = ? AND state = ?",
-                    (JobState.QUEUED, now, job_id, JobState.SENDING),
+                    "claimed_by = NULL, updated_at = ? WHERE id = ? AND state = ? AND (? IS NULL OR claimed_by = ?)",
+                    (JobState.QUEUED, now, job_id, JobState.SENDING, claimant, claimant),
                 )
-                self._event(conn, job_id, now, "returned", None, reason)
+                if cur.rowcount:
+                    self._event(conn, job_id, now, "returned", None, reason)
 
     def recover_abandoned(self, now: float, dead_claimants_prefix: str | None = None) -> int:
         """Requeue claims whose lease ran out, or that a dead process on this host held."""

@@ -1,0 +1,83 @@
+"""Operator actions from the command line while the daemon runs: ls, show, hold, release, cancel, retry,
+status --json, echo; a permanent refusal goes to `failed` at once with its reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.support.data import PYDICOM_TEST_FILES, make_ct_series
+from tests.support.peers import Router, StoreSCP, storescu, wait_until
+
+
+def test_operator_actions_on_a_stuck_destination(tmp_path: Path) -> None:
+    scp = StoreSCP(tmp_path, "PACS")  # down for now
+    study_a = make_ct_series(tmp_path / "a", 3, rows=16, cols=16, accession="ACC_A", patient_id="PA")
+    study_b = make_ct_series(tmp_path / "b", 2, rows=16, cols=16, accession="ACC_B", patient_id="PB")
+    router = Router(tmp_path, destinations={
+        "PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port, "role": "destination",
+                      "retry": {"base_seconds": 0.2, "cap_seconds": 0.5}}}).start()
+    try:
+        assert storescu(router.port, study_a + study_b).returncode == 0
+        assert len(router.jobs()) == 5
+
+        out = router.cli("queue", "hold", "--accession", "ACC_B", "--reason", "wrong patient?",
+                         "--operator", "alice").stdout
+        assert "hold: 2 job(s) changed" in out
+        assert len(router.jobs("--state", "held")) == 2
+
+        res = router.cli("queue", "cancel", check=False)
+        assert res.returncode == 2 and "name the jobs to cancel" in res.stderr
+
+        job = router.jobs("--accession", "ACC_B")[0]
+        shown = json.loads(router.cli("queue", "show", str(job["id"]), "--json").stdout)
+        hold_events = [e for e in shown["events"] if e["event"] == "operator_hold"]
+        assert hold_events and hold_events[0]["actor"] == "alice" and hold_events[0]["detail"] == "wrong patient?"
+        assert "history:" in router.cli("queue", "show", str(job["id"])).stdout
+
+        scp.start()
+        router.wait_delivered(3, timeout=60)  # study A flows; B stays held
+        assert len(router.jobs("--state", "held")) == 2
+        assert router.cli("queue", "release", "--accession", "ACC_B").stdout.startswith("release: 2")
+        router.wait_delivered(5, timeout=60)
+
+        audit = [e for e in router.audit() if e["event"].startswith("queue_")]
+        assert [e["event"] for e in audit] == ["queue_hold", "queue_release"]
+        assert audit[0]["operator"] == "alice" and audit[0]["changed"] == 2
+        # Listing filters and the status report agree.
+        assert len(router.jobs("--patient-id", "PA", "--state", "done")) == 3
+        st = json.loads(router.cli("status", "--json").stdout)
+        assert st["destinations"][0]["counts"]["done"] == 5
+        assert "PACS_MAIN" in router.cli("status").stdout
+        assert router.cli("echo", "PACS_MAIN").stdout.startswith("OK: ")
+    finally:
+        router.stop()
+        scp.stop()
+
+
+def test_permanent_refusal_fails_at_once_then_cancel_frees_spool(tmp_path: Path) -> None:
+    # A storescp that accepts only uncompressed transfer syntaxes cannot take a JPEG object: that is not
+    # going to change by retrying, so the job fails immediately with a reason an operator can act on.
+    scp = StoreSCP(tmp_path, "PACS", accept_all=False).start()
+    router = Router(tmp_path, destinations={
+        "PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port, "role": "destination"}}).start()
+    try:
+        jpeg = PYDICOM_TEST_FILES / "JPEG-lossy.dcm"
+        res = router.cli("send", str(jpeg), "--to", f"DICOM_ROUTER@127.0.0.1:{router.port}", "--calling-ae", "PYSCU")
+        assert "1/1 stored" in res.stdout
+        wait_until(lambda: router.jobs("--state", "failed"), 30, "the job to fail")
+        job = router.jobs("--state", "failed")[0]
+        assert job["attempts"] == 1
+        assert "does not accept SOP class" in job["last_error"] and "1.2.840.10008.1.2.4.51" in job["last_error"]
+        st = router.status()
+        assert any("1 failed job(s)" in p for p in st["problems"])
+
+        # retry puts it back (and it fails again the same way); cancel ends it and frees the spool file.
+        assert "retry: 1 job(s) changed" in router.cli("queue", "retry", str(job["id"])).stdout
+        wait_until(lambda: router.jobs("--state", "failed"), 30, "the retried job to fail again")
+        assert "cancel: 1 job(s) changed" in router.cli("queue", "cancel", "--destination", "PACS_MAIN",
+                                                         "--state", "failed").stdout
+        assert not list((tmp_path / "state" / "spool" / "objects").rglob("*.dcm"))
+    finally:
+        router.stop()
+        scp.stop()
