@@ -41,8 +41,7 @@ class AuditLog:
 
     def record(self, event: str, outcome: str = "success", **fields: Any) -> None:
         entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-            + f".{int(time.time() * 1000) % 1000:03d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
             "event": event,
             "outcome": outcome,
             "process": self.process,

@@ -320,9 +320,7 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sop", help="SOP Instance UID")
     p.add_argument("--accession", help="Accession Number")
     p.add_argument("--patient-id", dest="patient_id", help="Patient ID")
-    p.add_argument(
-        "--older-than", dest="older_than", type=_duration, help="received longer ago than 30m, 2h, 7d…"
-    )
+    p.add_argument("--older-than", dest="older_than", type=_duration, help="received longer ago than 30m, 2h, 7d…")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -387,9 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         q = qsub.add_parser(action, help=text)
         q.add_argument("ids", nargs="*", type=int, help="job ids")
         _add_filters(q)
-        q.add_argument(
-            "--all", action="store_true", help="act on every job the filter matches, even with no filter"
-        )
+        q.add_argument("--all", action="store_true", help="act on every job the filter matches, even with no filter")
         q.add_argument("--reason", default="", help="why (recorded in the audit trail)")
         q.add_argument("--operator", help="who (default: the login user)")
         _add_config(q)

@@ -77,9 +77,7 @@ class RetryPolicy(Strict):
 
 
 class CircuitPolicy(Strict):
-    open_after_failures: int = Field(
-        5, ge=1, description="consecutive connection failures before sending pauses"
-    )
+    open_after_failures: int = Field(5, ge=1, description="consecutive connection failures before sending pauses")
     probe_seconds: float = Field(30.0, gt=0, description="C-ECHO probe interval while the circuit is open")
 
 
@@ -125,8 +123,7 @@ class MatchOp(Strict):
         given = [k for k in ("equals", "glob", "regex", "present") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of equals / glob / regex / present "
-                f"(got {', '.join(given) if given else 'none'})"
+                f"give exactly one of equals / glob / regex / present (got {', '.join(given) if given else 'none'})"
             )
         if self.regex is not None:
             try:
@@ -162,7 +159,8 @@ def _as_match_op(value: Any) -> Any:
     if isinstance(value, str):
         return {"glob": value} if any(c in value for c in "*?[") else {"equals": value}
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return {"equals": str(value)}
+        # YAML has already turned `0123` into 123: refuse rather than silently never match "0123".
+        raise ValueError(f"the value {value} is a number: write it in quotes (e.g. '{value}') so it is kept as written")
     return value
 
 
@@ -430,7 +428,21 @@ def load_config(path: Path | str) -> RouterConfig:
         raise ConfigError(path, [Problem("", "file not found: pass --config FILE or create it")]) from None
     except OSError as exc:
         raise ConfigError(path, [Problem("", f"cannot read the file: {exc.strerror}")]) from None
-    return parse_config(text, str(path))
+    cfg = parse_config(text, str(path))
+    return _anchor_relative_dirs(cfg, path.resolve().parent)
+
+
+def _anchor_relative_dirs(cfg: RouterConfig, base: Path) -> RouterConfig:
+    """Relative state_dir/log_dir are taken relative to the config file, so every command that reads the
+    same file finds the same state, whatever directory it runs from."""
+    update = {}
+    for key in ("state_dir", "log_dir"):
+        value: Path = getattr(cfg.router, key)
+        if not value.is_absolute():
+            update[key] = (base / value).resolve()
+    if not update:
+        return cfg
+    return cfg.model_copy(update={"router": cfg.router.model_copy(update=update)})
 
 
 def _plain(node: Any) -> Any:

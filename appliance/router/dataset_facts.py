@@ -64,12 +64,12 @@ def read_facts(path: Path, extra_keywords: Iterable[str] = ()) -> DatasetFacts:
 
     for elem in ds._dict.values():
         # A raw (not yet decoded) element records where its value starts and how long it claims to be.
-        if isinstance(elem, RawDataElement) and elem.length not in (0xFFFFFFFF,) and elem.value_tell:
-            if elem.value_tell + elem.length > size:
-                raise UnreadableDataset(
-                    f"the dataset is truncated: element {elem.tag} declares {elem.length} bytes at offset "
-                    f"{elem.value_tell}, but the data ends at {size}"
-                )
+        defined = isinstance(elem, RawDataElement) and elem.length != 0xFFFFFFFF and elem.value_tell
+        if defined and elem.value_tell + elem.length > size:
+            raise UnreadableDataset(
+                f"the dataset is truncated: element {elem.tag} declares {elem.length} bytes at offset "
+                f"{elem.value_tell}, but the data ends at {size}"
+            )
 
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts is None:

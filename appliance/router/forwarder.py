@@ -137,8 +137,7 @@ class DestinationPool:
                 log(
                     LOG,
                     logging.INFO,
-                    f"destination {self.name} answers again ({result.message}); resuming, "
-                    f"{due} waiting job(s) due now",
+                    f"destination {self.name} answers again ({result.message}); resuming, {due} waiting job(s) due now",
                     destination=self.name,
                 )
                 self.audit.record("destination_recovered", destination=self.name, jobs_due=due)
@@ -169,9 +168,7 @@ class DestinationPool:
                         assoc = _release(assoc)
                     self.stop.wait(IDLE_POLL_SECONDS)
                     continue
-                jobs = self.store.claim(
-                    self.name, worker_id, CLAIM_BATCH, self.cfg.router.lease_seconds, time.time()
-                )
+                jobs = self.store.claim(self.name, worker_id, CLAIM_BATCH, self.cfg.router.lease_seconds, time.time())
                 if jobs:
                     assoc, accepted = self._send_batch(ae, assoc, accepted, jobs)
                     last_used = time.monotonic()
@@ -229,17 +226,13 @@ class DestinationPool:
             pending.pop(0)
             assoc = self._send_one(assoc, job)
         if pending:
-            self.store.give_back(
-                [j.id for j in pending], time.time(), "router shutting down", self._claimant()
-            )
+            self.store.give_back([j.id for j in pending], time.time(), "router shutting down", self._claimant())
         return assoc, accepted if assoc is not None else set()
 
     def _send_one(self, assoc: Association, job: Job) -> Association | None:
         path = self.spool.path(job.spool_key)
         if not path.exists():
-            self._fail(
-                job, None, f"spooled file {job.spool_key} is missing from {self.spool.root} — cannot send"
-            )
+            self._fail(job, None, f"spooled file {job.spool_key} is missing from {self.spool.root} — cannot send")
             return assoc
         started = time.monotonic()
         try:
@@ -317,9 +310,7 @@ class DestinationPool:
 
     def _fail(self, job: Job, status: int | None, error: str) -> None:
         self.store.fail(job.id, status, error, time.time(), self._claimant())
-        log(
-            LOG, logging.ERROR, f"job {job.id} failed permanently: {error}", destination=self.name, job=job.id
-        )
+        log(LOG, logging.ERROR, f"job {job.id} failed permanently: {error}", destination=self.name, job=job.id)
         self.audit.record(
             "forward_failed",
             "failure",
@@ -414,7 +405,7 @@ class Forwarder:
         """Remove spool files the queue does not need: a crash between rename and commit, or after delete."""
         cutoff = time.time() - ORPHAN_MIN_AGE_SECONDS
         candidates = []
-        for key in self.spool.keys():
+        for key in self.spool.keys():  # noqa: SIM118 - Spool is not a mapping
             try:
                 if self.spool.path(key).stat().st_mtime < cutoff:
                     candidates.append(key)

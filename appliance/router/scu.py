@@ -104,9 +104,7 @@ def _diagnose_connect(peer: Peer) -> str:
         with socket.create_connection((peer.host, peer.port), timeout=peer.timeouts.connect):
             pass
     except socket.gaierror as exc:
-        return (
-            f"cannot resolve host name '{peer.host}': {exc.strerror} — check the node's host in router.yaml"
-        )
+        return f"cannot resolve host name '{peer.host}': {exc.strerror} — check the node's host in router.yaml"
     except TimeoutError:
         return (
             f"no answer from {peer.host}:{peer.port} within {peer.timeouts.connect:g} s — "
@@ -155,8 +153,7 @@ def open_association(
     prim = assoc.acceptor.primitive
     if prim is not None and getattr(prim, "result", None) == 0:
         raise AssociationFailed(
-            f"destination {peer.describe()} accepted the association but none of the proposed presentation "
-            "contexts",
+            f"destination {peer.describe()} accepted the association but none of the proposed presentation contexts",
             no_contexts=True,
         )
     raise AssociationFailed(f"destination {peer.describe()}: {_diagnose_connect(peer)}")
@@ -182,12 +179,8 @@ def echo(own_ae_title: str, peer: Peer) -> EchoResult:
         if status and getattr(status, "Status", None) == 0:
             return EchoResult(True, elapsed, f"{peer.describe()} answered C-ECHO in {elapsed * 1000:.0f} ms")
         if not status:
-            return EchoResult(
-                False, elapsed, f"{peer.describe()} accepted the association but did not answer C-ECHO"
-            )
-        return EchoResult(
-            False, elapsed, f"{peer.describe()} answered C-ECHO with status 0x{status.Status:04X}"
-        )
+            return EchoResult(False, elapsed, f"{peer.describe()} accepted the association but did not answer C-ECHO")
+        return EchoResult(False, elapsed, f"{peer.describe()} answered C-ECHO with status 0x{status.Status:04X}")
     finally:
         if assoc.is_established:
             assoc.release()

@@ -77,9 +77,7 @@ def collect(cfg: RouterConfig, store: Store, now: float | None = None) -> dict[s
         if not d["configured"] and d["backlog"]:
             problems.append(f"{d['name']} has {d['backlog']} queued job(s) but is no longer in the config")
     if inst["unrouted"]:
-        problems.append(
-            f"{inst['unrouted']} object(s) matched no route (kept; see `queue ls --state unrouted`)"
-        )
+        problems.append(f"{inst['unrouted']} object(s) matched no route (kept; see `queue ls --state unrouted`)")
     if usage and usage.free / usage.total < 0.10:
         problems.append(f"spool disk {100 * usage.used / usage.total:.0f}% full")
     return {

@@ -323,9 +323,7 @@ class Store:
         # executescript manages its own transaction; every statement is IF NOT EXISTS.
         conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
         with self._tx():
-            conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def data_version(self) -> int:
         """Changes whenever another connection commits: a cheap 'anything new?' poll."""
@@ -447,9 +445,7 @@ class Store:
                 self._event(conn, job_id, now, "failed" if exhausted else "attempt_failed", status, error)
         return state
 
-    def fail(
-        self, job_id: int, status: int | None, error: str, now: float, claimant: str | None = None
-    ) -> None:
+    def fail(self, job_id: int, status: int | None, error: str, now: float, claimant: str | None = None) -> None:
         """A permanent refusal: retrying will not help, an operator must decide."""
         with self._tx() as conn:
             cur = conn.execute(
@@ -538,9 +534,7 @@ class Store:
             )
 
     def circuit_of(self, destination: str) -> str:
-        row = (
-            self._conn().execute("SELECT circuit FROM destinations WHERE name = ?", (destination,)).fetchone()
-        )
+        row = self._conn().execute("SELECT circuit FROM destinations WHERE name = ?", (destination,)).fetchone()
         return "closed" if row is None else str(row[0])
 
     # -- operator actions -----------------------------------------------------------------------
@@ -563,9 +557,7 @@ class Store:
         )
 
     def release(self, flt: JobFilter, actor: str, reason: str, now: float) -> ActionResult:
-        return self._transition(
-            flt, (JobState.HELD,), JobState.QUEUED, "operator_release", actor, reason, now
-        )
+        return self._transition(flt, (JobState.HELD,), JobState.QUEUED, "operator_release", actor, reason, now)
 
     def cancel(self, flt: JobFilter, actor: str, reason: str, now: float, keep_spool: bool) -> ActionResult:
         return self._transition(
@@ -633,9 +625,7 @@ class Store:
         where, args = flt.where(time.time())
         row = (
             self._conn()
-            .execute(
-                f"SELECT COUNT(*) FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE {where}", args
-            )
+            .execute(f"SELECT COUNT(*) FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE {where}", args)
             .fetchone()
         )
         return int(row[0])
@@ -698,9 +688,7 @@ class Store:
             (now - 3600,),
         ):
             get(name).failures_last_hour = n
-        for row in conn.execute(
-            "SELECT name, circuit, circuit_since, last_error, last_success_at FROM destinations"
-        ):
+        for row in conn.execute("SELECT name, circuit, circuit_since, last_error, last_success_at FROM destinations"):
             s = get(row[0])
             s.circuit, s.circuit_since, s.last_error, s.last_success_at = row[1], row[2], row[3], row[4]
         return stats
@@ -722,9 +710,7 @@ class Store:
         if not keys:
             return
         with self._tx() as conn:
-            conn.executemany(
-                "UPDATE instances SET spool_state = 'deleted' WHERE spool_key = ?", [(k,) for k in keys]
-            )
+            conn.executemany("UPDATE instances SET spool_state = 'deleted' WHERE spool_key = ?", [(k,) for k in keys])
 
     def known_spool_keys(self, keys: Sequence[str]) -> set[str]:
         """Of `keys`, those an instance still needs on disk (spool_state 'kept')."""
@@ -779,9 +765,7 @@ class Store:
         return [Job(**dict(r)) for r in rows]
 
     @staticmethod
-    def _finish_instance_if_complete(
-        conn: sqlite3.Connection, job_id: int, now: float, keep_spool: bool
-    ) -> str | None:
+    def _finish_instance_if_complete(conn: sqlite3.Connection, job_id: int, now: float, keep_spool: bool) -> str | None:
         row = conn.execute(
             "SELECT i.id, i.spool_key FROM instances i JOIN jobs j ON j.instance_id = i.id WHERE j.id = ?",
             (job_id,),
@@ -798,7 +782,5 @@ class Store:
         if keep_spool:
             conn.execute("UPDATE instances SET finished_at = ? WHERE id = ?", (now, instance_id))
             return None
-        conn.execute(
-            "UPDATE instances SET finished_at = ?, spool_state = 'deleted' WHERE id = ?", (now, instance_id)
-        )
+        conn.execute("UPDATE instances SET finished_at = ?, spool_state = 'deleted' WHERE id = ?", (now, instance_id))
         return str(key)

@@ -75,7 +75,7 @@ class Supervisor:
                 code = proc.poll()
                 if code is None:
                     continue
-                if code == EXIT_CANNOT_LISTEN or code == EXIT_BAD_CONFIG:
+                if code in (EXIT_CANNOT_LISTEN, EXIT_BAD_CONFIG):
                     log(
                         LOG,
                         logging.CRITICAL,

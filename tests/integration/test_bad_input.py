@@ -17,8 +17,7 @@ GOOD = PYDICOM_TEST_FILES / "CT_small.dcm"
 def _router(tmp_path: Path, scp: StoreSCP, **kw) -> Router:  # type: ignore[no-untyped-def]
     return Router(
         tmp_path,
-        destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port,
-                                    "role": "destination"}},
+        destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port, "role": "destination"}},
         **kw,
     )
 
@@ -63,7 +62,11 @@ def test_garbage_and_truncated_input(tmp_path: Path) -> None:
     router = _router(tmp_path, scp).start()
     try:
         # Random bytes on the DICOM port: the connection is dropped, nothing else is affected.
-        for payload in (os.urandom(4096), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x01\x00\x00\x00\x00\x10" + b"\x00" * 8):
+        for payload in (
+            os.urandom(4096),
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\x01\x00\x00\x00\x00\x10" + b"\x00" * 8,
+        ):
             with socket.create_connection(("127.0.0.1", router.port), timeout=5) as s:
                 s.sendall(payload)
                 s.settimeout(5)
@@ -72,8 +75,15 @@ def test_garbage_and_truncated_input(tmp_path: Path) -> None:
                 except (TimeoutError, ConnectionResetError):
                     pass
         # A truncated dataset (declares more pixel bytes than it has): refused with 0xC000, not stored.
-        res = router.cli("send", str(PYDICOM_TEST_FILES / "MR_truncated.dcm"), "--to",
-                         f"DICOM_ROUTER@127.0.0.1:{router.port}", "--calling-ae", "PYSCU", check=False)
+        res = router.cli(
+            "send",
+            str(PYDICOM_TEST_FILES / "MR_truncated.dcm"),
+            "--to",
+            f"DICOM_ROUTER@127.0.0.1:{router.port}",
+            "--calling-ae",
+            "PYSCU",
+            check=False,
+        )
         assert res.returncode == 1
         assert "0xC000" in res.stdout
         assert "truncated" in router.log_text()
@@ -115,8 +125,13 @@ def test_invalid_config_at_start_and_on_reload(tmp_path: Path) -> None:
     router = _router(tmp_path, scp)
     good_text = router.config_path.read_text()
     router.config_path.write_text(good_text + "surprise: 1\n")
-    res = subprocess.run([sys.executable, "-m", "appliance.router", "serve", "--config", str(router.config_path)],
-                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        [sys.executable, "-m", "appliance.router", "serve", "--config", str(router.config_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode == 2
     assert "surprise" in res.stderr and "not known here" in res.stderr
 

@@ -30,10 +30,21 @@ def test_kill9_during_send_and_forward_loses_nothing(tmp_path: Path) -> None:
     router = Router(
         tmp_path,
         destinations={
-            "PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port, "role": "destination",
-                          "max_associations": 2, "retry": {"base_seconds": 0.2, "cap_seconds": 2}},
-            "ARCHIVE": {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": archive.port, "role": "destination",
-                        "retry": {"base_seconds": 0.2, "cap_seconds": 2}},
+            "PACS_MAIN": {
+                "ae_title": "PACS",
+                "host": "127.0.0.1",
+                "port": pacs.port,
+                "role": "destination",
+                "max_associations": 2,
+                "retry": {"base_seconds": 0.2, "cap_seconds": 2},
+            },
+            "ARCHIVE": {
+                "ae_title": "ARCHIVE",
+                "host": "127.0.0.1",
+                "port": archive.port,
+                "role": "destination",
+                "retry": {"base_seconds": 0.2, "cap_seconds": 2},
+            },
         },
         router_extra={"drain_seconds": 2},
     ).start()
@@ -59,10 +70,15 @@ def test_kill9_during_send_and_forward_loses_nothing(tmp_path: Path) -> None:
         st = router.status()
         for d in st["destinations"]:
             assert d["counts"]["failed"] == 0, d
-        report = {"kills": kills, "objects": len(files), "send_attempts": log.attempts,
-                  "acked": len(log.acked), "no_response": log.no_response,
-                  "association_failures": log.association_failures,
-                  "router_instances": st["instances"]["instances"]}
+        report = {
+            "kills": kills,
+            "objects": len(files),
+            "send_attempts": log.attempts,
+            "acked": len(log.acked),
+            "no_response": log.no_response,
+            "association_failures": log.association_failures,
+            "router_instances": st["instances"]["instances"],
+        }
         for scp in (pacs, archive):
             got = [sop_instance_uid(p) for p in scp.files()]
             missing = log.acked - set(got)

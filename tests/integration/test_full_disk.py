@@ -34,9 +34,16 @@ def test_full_spool_disk_refuses_with_a700_and_recovers(tmp_path: Path, small_di
     scp = StoreSCP(tmp_path, "PACS")  # destination down: nothing drains the spool yet
     router = Router(
         tmp_path,
-        destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port,
-                                    "role": "destination", "retry": {"base_seconds": 0.2, "cap_seconds": 1},
-                                    "circuit": {"open_after_failures": 2, "probe_seconds": 0.5}}},
+        destinations={
+            "PACS_MAIN": {
+                "ae_title": "PACS",
+                "host": "127.0.0.1",
+                "port": scp.port,
+                "role": "destination",
+                "retry": {"base_seconds": 0.2, "cap_seconds": 1},
+                "circuit": {"open_after_failures": 2, "probe_seconds": 0.5},
+            }
+        },
         router_extra={"state_dir": str(small_disk / "state")},
     ).start()
     to = f"DICOM_ROUTER@127.0.0.1:{router.port}"

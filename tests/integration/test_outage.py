@@ -15,7 +15,10 @@ def test_destination_down_then_back(tmp_path: Path) -> None:
         tmp_path,
         destinations={
             "PACS_MAIN": {
-                "ae_title": "PACS", "host": "127.0.0.1", "port": scp.port, "role": "destination",
+                "ae_title": "PACS",
+                "host": "127.0.0.1",
+                "port": scp.port,
+                "role": "destination",
                 "retry": {"base_seconds": 0.2, "cap_seconds": 1.0},
                 "circuit": {"open_after_failures": 3, "probe_seconds": 0.5},
             }

@@ -14,15 +14,25 @@ def test_operator_actions_on_a_stuck_destination(tmp_path: Path) -> None:
     scp = StoreSCP(tmp_path, "PACS")  # down for now
     study_a = make_ct_series(tmp_path / "a", 3, rows=16, cols=16, accession="ACC_A", patient_id="PA")
     study_b = make_ct_series(tmp_path / "b", 2, rows=16, cols=16, accession="ACC_B", patient_id="PB")
-    router = Router(tmp_path, destinations={
-        "PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port, "role": "destination",
-                      "retry": {"base_seconds": 0.2, "cap_seconds": 0.5}}}).start()
+    router = Router(
+        tmp_path,
+        destinations={
+            "PACS_MAIN": {
+                "ae_title": "PACS",
+                "host": "127.0.0.1",
+                "port": scp.port,
+                "role": "destination",
+                "retry": {"base_seconds": 0.2, "cap_seconds": 0.5},
+            }
+        },
+    ).start()
     try:
         assert storescu(router.port, study_a + study_b).returncode == 0
         assert len(router.jobs()) == 5
 
-        out = router.cli("queue", "hold", "--accession", "ACC_B", "--reason", "wrong patient?",
-                         "--operator", "alice").stdout
+        out = router.cli(
+            "queue", "hold", "--accession", "ACC_B", "--reason", "wrong patient?", "--operator", "alice"
+        ).stdout
         assert "hold: 2 job(s) changed" in out
         assert len(router.jobs("--state", "held")) == 2
 
@@ -59,8 +69,10 @@ def test_permanent_refusal_fails_at_once_then_cancel_frees_spool(tmp_path: Path)
     # A storescp that accepts only uncompressed transfer syntaxes cannot take a JPEG object: that is not
     # going to change by retrying, so the job fails immediately with a reason an operator can act on.
     scp = StoreSCP(tmp_path, "PACS", accept_all=False).start()
-    router = Router(tmp_path, destinations={
-        "PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port, "role": "destination"}}).start()
+    router = Router(
+        tmp_path,
+        destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port, "role": "destination"}},
+    ).start()
     try:
         jpeg = PYDICOM_TEST_FILES / "JPEG-lossy.dcm"
         res = router.cli("send", str(jpeg), "--to", f"DICOM_ROUTER@127.0.0.1:{router.port}", "--calling-ae", "PYSCU")
@@ -75,8 +87,10 @@ def test_permanent_refusal_fails_at_once_then_cancel_frees_spool(tmp_path: Path)
         # retry puts it back (and it fails again the same way); cancel ends it and frees the spool file.
         assert "retry: 1 job(s) changed" in router.cli("queue", "retry", str(job["id"])).stdout
         wait_until(lambda: router.jobs("--state", "failed"), 30, "the retried job to fail again")
-        assert "cancel: 1 job(s) changed" in router.cli("queue", "cancel", "--destination", "PACS_MAIN",
-                                                         "--state", "failed").stdout
+        assert (
+            "cancel: 1 job(s) changed"
+            in router.cli("queue", "cancel", "--destination", "PACS_MAIN", "--state", "failed").stdout
+        )
         assert not list((tmp_path / "state" / "spool" / "objects").rglob("*.dcm"))
     finally:
         router.stop()

@@ -63,9 +63,7 @@ def test_relay_to_storescp_and_orthanc_byte_identical(tmp_path: Path, ct_series_
             direct_scp.stop()
         same_ts = 0
         for uid, original in expected.items():
-            assert dataset_bytes(received[uid]) == dataset_bytes(spooled[uid]), (
-                f"{original.name} changed in relay"
-            )
+            assert dataset_bytes(received[uid]) == dataset_bytes(spooled[uid]), f"{original.name} changed in relay"
             assert _ts(received[uid]) == _ts(spooled[uid])
             if _ts(spooled[uid]) == _ts(direct[uid]):
                 assert dataset_bytes(spooled[uid]) == dataset_bytes(direct[uid]), f"{original.name} changed"
@@ -95,9 +93,7 @@ def test_compressed_files_relay_unchanged(tmp_path: Path) -> None:
     scp = StoreSCP(tmp_path, "PACS").start()
     router = Router(
         tmp_path,
-        destinations={
-            "PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port, "role": "destination"}
-        },
+        destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port, "role": "destination"}},
     ).start()
     try:
         res = router.cli(

@@ -72,9 +72,7 @@ def dataset_bytes(path: Path) -> bytes:
 
 
 def sop_instance_uid(path: Path) -> str:
-    return str(
-        pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID
-    )
+    return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
 
 
 def bundled_files_storescu_can_send() -> list[Path]:

@@ -60,9 +60,7 @@ def dcmtk(tool: str) -> str:
 class StoreSCP:
     """DCMTK storescp writing every received object to `out_dir` (accepting all transfer syntaxes)."""
 
-    def __init__(
-        self, workdir: Path, ae_title: str = "PACS", accept_all: bool = True, extra: Iterable[str] = ()
-    ):
+    def __init__(self, workdir: Path, ae_title: str = "PACS", accept_all: bool = True, extra: Iterable[str] = ()):
         self.ae_title = ae_title
         self.out_dir = workdir / f"storescp-{ae_title}"
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -87,9 +85,7 @@ class StoreSCP:
         if self.accept_all:
             args.append("+xa")
         args.append(str(self.port))
-        self.proc = subprocess.Popen(
-            args, env=PEER_ENV, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT
-        )
+        self.proc = subprocess.Popen(args, env=PEER_ENV, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         wait_until(lambda: port_open(self.port), 10, f"storescp on port {self.port}")
         return self
 
@@ -296,9 +292,7 @@ class Router:
             timeout=120,
         )
         if check and res.returncode != 0:
-            raise AssertionError(
-                f"dicom-router {' '.join(args)} exited {res.returncode}: {res.stderr}{res.stdout}"
-            )
+            raise AssertionError(f"dicom-router {' '.join(args)} exited {res.returncode}: {res.stderr}{res.stdout}")
         return res
 
     def status(self) -> dict[str, Any]:
@@ -316,9 +310,7 @@ class Router:
         return total
 
     def wait_delivered(self, expected_done: int, timeout: float = 120) -> None:
-        wait_until(
-            lambda: self.counts().get("done", 0) >= expected_done, timeout, f"{expected_done} jobs done"
-        )
+        wait_until(lambda: self.counts().get("done", 0) >= expected_done, timeout, f"{expected_done} jobs done")
 
     def stop(self) -> int | None:
         if self.proc and self.proc.poll() is None:

@@ -26,8 +26,14 @@ class SendLog:
 
 
 class RetryingSender:
-    def __init__(self, port: int, files: list[Path], calling: str = "PYSCU", called: str = "DICOM_ROUTER",
-                 give_up_after: float = 300):
+    def __init__(
+        self,
+        port: int,
+        files: list[Path],
+        calling: str = "PYSCU",
+        called: str = "DICOM_ROUTER",
+        give_up_after: float = 300,
+    ):
         self.port = port
         self.files = files
         self.uids = {p: sop_instance_uid(p) for p in files}

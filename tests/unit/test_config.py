@@ -75,7 +75,9 @@ def test_example_config_loads() -> None:
     assert archive.match["Modality"].regex == "CT|MR"
     assert cfg.tag_keywords() == ["Modality"]
     assert cfg.nodes["PACS_MAIN"].max_associations == 4
-    assert cfg.spool_dir == Path("./run/state") / "spool"
+    # Relative state/log dirs are anchored at the config file's folder (examples/ → ../run).
+    assert cfg.spool_dir == EXAMPLE.resolve().parent.parent / "run" / "state" / "spool"
+    assert cfg.router.log_dir == EXAMPLE.resolve().parent.parent / "run" / "log"
 
 
 def test_shorthand_match_values() -> None:
@@ -85,7 +87,7 @@ def test_shorthand_match_values() -> None:
             """
             routes:
               - name: r
-                match: {Modality: CT, StationName: "CT*", SeriesNumber: 5, PatientID: {present: false}}
+                match: {Modality: CT, StationName: "CT*", SeriesNumber: "5", PatientID: {present: false}}
                 to: [PACS_MAIN]
                 priority: stat
             """
@@ -97,6 +99,22 @@ def test_shorthand_match_values() -> None:
     assert match["SeriesNumber"].equals == "5"
     assert match["PatientID"].present is False
     assert cfg.routes[0].priority is Priority.stat
+
+
+def test_unquoted_number_in_match_is_refused_with_a_fix() -> None:
+    text = NODES + yaml_text(
+        """
+        routes:
+          - name: r
+            match: {StudyID: 0123}
+            to: [PACS_MAIN]
+        """
+    )
+    with pytest.raises(ConfigError) as err:
+        parse_config(text)
+    (problem,) = err.value.problems
+    assert "is a number: write it in quotes" in problem.message
+    assert problem.line == line_of(text, "match: {StudyID")
 
 
 def test_empty_file_is_an_empty_but_valid_config() -> None:
@@ -297,9 +315,7 @@ def test_route_to_source_only_node() -> None:
 
 
 def test_route_to_node_with_role_both_is_fine() -> None:
-    cfg = parse_config(
-        "nodes:\n  W: {ae_title: W, host: h, port: 104, role: both}\nroutes:\n  - {name: r, to: [W]}\n"
-    )
+    cfg = parse_config("nodes:\n  W: {ae_title: W, host: h, port: 104, role: both}\nroutes:\n  - {name: r, to: [W]}\n")
     assert cfg.nodes["W"].is_source and cfg.nodes["W"].is_destination
 
 

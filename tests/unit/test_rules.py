@@ -226,8 +226,7 @@ def test_a_match_has_no_reasons() -> None:
 
 def test_unrouted_means_no_targets() -> None:
     cfg = config(
-        "  - {name: ct, match: {Modality: CT}, to: [PACS_MAIN]}\n"
-        "  - {name: mr, match: {Modality: MR}, to: [ARCHIVE]}\n"
+        "  - {name: ct, match: {Modality: CT}, to: [PACS_MAIN]}\n  - {name: mr, match: {Modality: MR}, to: [ARCHIVE]}\n"
     )
     targets, decisions = evaluate(cfg, facts({"Modality": "US"}))
     assert targets == []

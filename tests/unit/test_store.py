@@ -518,9 +518,7 @@ def test_cancel_action_frees_keys(store: Store, mixed: dict[str, int]) -> None:
     res = store.cancel(JobFilter(destination="PACS"), "carol", "duplicate study", T0 + 100, keep_spool=False)
     assert (res.changed, res.skipped) == (3, 3)  # queued, held, failed
     keys = {j.id: j.spool_key for j in jobs_of(store)}
-    assert sorted(res.spool_keys_freed) == sorted(
-        keys[mixed[label]] for label in ("queued", "failed", "held")
-    )
+    assert sorted(res.spool_keys_freed) == sorted(keys[mixed[label]] for label in ("queued", "failed", "held"))
     assert state_of(store, mixed["sending"]) == JobState.SENDING
 
 
