@@ -13,9 +13,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_CONFIG_PATH, ConfigError, RouterConfig, load_config
+
+if TYPE_CHECKING:  # the CLI imports pynetdicom and SQLite code only for the commands that need them
+    from .scu import Peer
+    from .store import JobFilter, Store
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -71,7 +75,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 # -- echo / send -------------------------------------------------------------------------------------
-def _peer(cfg: RouterConfig | None, target: str):  # type: ignore[no-untyped-def]
+def _peer(cfg: RouterConfig | None, target: str) -> Peer:
     from .scu import Peer
 
     if cfg is not None and target in cfg.nodes:
@@ -125,7 +129,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 # -- status ------------------------------------------------------------------------------------------
-def _store(cfg: RouterConfig):  # type: ignore[no-untyped-def]
+def _store(cfg: RouterConfig) -> Store:
     from .store import Store
 
     if not cfg.db_path.exists():
@@ -150,7 +154,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # -- queue -------------------------------------------------------------------------------------------
-def _filter(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _filter(args: argparse.Namespace) -> JobFilter:
     from .store import JobFilter
 
     states = [s.strip() for s in (args.state or "").split(",") if s.strip()]

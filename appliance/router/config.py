@@ -358,7 +358,7 @@ def _semantic_problems(doc: Any) -> list[Problem]:
         if name is not None and name in names:  # a missing name is reported by the schema
             add(("routes", i, "name"), f"route name '{name}' is used twice: give each route its own name")
         names.add(name)
-        to = route.get("to") if isinstance(route.get("to"), list) else []
+        to: list[Any] = route["to"] if isinstance(route.get("to"), list) else []
         for j, dest in enumerate(to):
             if dest not in roles:
                 known = ", ".join(destinations) or "none defined"
@@ -372,7 +372,7 @@ def _semantic_problems(doc: Any) -> list[Problem]:
                     f"node '{dest}' has role {roles[dest]}: a route can only send to a node with "
                     "role destination or both",
                 )
-        match = route.get("match") if isinstance(route.get("match"), dict) else {}
+        match: dict[str, Any] = route["match"] if isinstance(route.get("match"), dict) else {}
         for key, op in match.items():
             if key == "source_node":
                 wanted = op if isinstance(op, str) else (op.get("equals") if isinstance(op, dict) else None)

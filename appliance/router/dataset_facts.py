@@ -7,13 +7,14 @@ the file (it reads what is there), so we compare each element's declared length 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 # Tags every instance is indexed by (queue filters, status, evidence).
 INDEX_KEYWORDS = (
@@ -43,8 +44,8 @@ class DatasetFacts:
 def _as_text(value: object) -> str | None:
     if value is None:
         return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)  # type: ignore[union-attr]
+    if isinstance(value, (Sequence, MultiValue)) and not isinstance(value, (str, bytes)):
+        return "\\".join(str(v) for v in value)
     if isinstance(value, bytes):
         return value.decode("ascii", "replace")
     text = str(value)
@@ -64,8 +65,9 @@ def read_facts(path: Path, extra_keywords: Iterable[str] = ()) -> DatasetFacts:
 
     for elem in ds._dict.values():
         # A raw (not yet decoded) element records where its value starts and how long it claims to be.
-        defined = isinstance(elem, RawDataElement) and elem.length != 0xFFFFFFFF and elem.value_tell
-        if defined and elem.value_tell + elem.length > size:
+        if not isinstance(elem, RawDataElement):
+            continue
+        if elem.length != 0xFFFFFFFF and elem.value_tell and elem.value_tell + elem.length > size:
             raise UnreadableDataset(
                 f"the dataset is truncated: element {elem.tag} declares {elem.length} bytes at offset "
                 f"{elem.value_tell}, but the data ends at {size}"

@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from pynetdicom import Association
+from pynetdicom import AE, Association
 
 from .audit import AuditLog
 from .config import ConfigError, Node, RouterConfig, load_config
@@ -191,10 +191,10 @@ class DestinationPool:
 
     def _send_batch(
         self,
-        ae,
+        ae: AE,
         assoc: Association | None,
         accepted: set[tuple[str, str]],
-        jobs: list[Job],  # type: ignore[no-untyped-def]
+        jobs: list[Job],
     ) -> tuple[Association | None, set[tuple[str, str]]]:
         pending = list(jobs)
         while pending:
@@ -332,7 +332,8 @@ def _no_context_reason(peer: Peer, job: Job) -> str:
     )
 
 
-def _release(assoc: Association | None) -> None:
+def _release(assoc: Association | None) -> Association | None:
+    """Release an association if open; returns None so callers can write `assoc = _release(assoc)`."""
     if assoc is not None and assoc.is_established:
         try:
             assoc.release()
@@ -341,7 +342,7 @@ def _release(assoc: Association | None) -> None:
     return None
 
 
-def _abort(assoc: Association | None) -> None:
+def _abort(assoc: Association | None) -> Association | None:
     if assoc is not None:
         try:
             assoc.abort()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, dimse_messages, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from . import rules
@@ -58,7 +59,7 @@ def _use_spool_for_incoming(spool: Spool) -> None:
     def factory(*_args: Any, **_kwargs: Any) -> SpoolTempFile:
         return spool.new_temp()
 
-    dimse_messages.NamedTemporaryFile = factory  # type: ignore[attr-defined,assignment]
+    dimse_messages.NamedTemporaryFile = factory  # type: ignore[assignment]
 
 
 class Receiver:
@@ -77,6 +78,7 @@ class Receiver:
         assoc = event.assoc
         # The A-ASSOCIATE-RQ itself: pynetdicom copies these onto the association only after this event.
         rq = assoc.requestor.primitive
+        assert rq is not None  # EVT_REQUESTED fires only once the A-ASSOCIATE-RQ has been read
         calling = str(rq.calling_ae_title or "").strip()
         called = str(rq.called_ae_title or "").strip()
         peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
@@ -153,6 +155,7 @@ class Receiver:
     # -- storage --------------------------------------------------------------------------------
     def on_c_store(self, event: evt.Event) -> int:
         req = event.request
+        assert isinstance(req, C_STORE)
         tmp: SpoolTempFile | None = getattr(req, "_dataset_file", None)
         calling = event.assoc.requestor.ae_title.strip()
         called = self.cfg.router.ae_title
@@ -263,6 +266,7 @@ class Receiver:
         r = self.cfg.router
         ae = AE(ae_title=r.ae_title)
         for cx in AllStoragePresentationContexts:
+            assert cx.abstract_syntax is not None
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         ae.maximum_pdu_size = r.max_pdu
@@ -285,7 +289,7 @@ class Receiver:
             )
         _use_spool_for_incoming(self.spool)
         r = self.cfg.router
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_ABORTED, self.on_aborted),

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pynetdicom import AE, Association, _config, evt
 from pynetdicom.presentation import build_context
@@ -86,7 +87,7 @@ def _nodelay(event: evt.Event) -> None:
             pass
 
 
-NODELAY_HANDLERS = [(evt.EVT_CONN_OPEN, _nodelay)]
+NODELAY_HANDLERS: list[Any] = [(evt.EVT_CONN_OPEN, _nodelay)]
 
 
 def make_ae(own_ae_title: str, timeouts: Timeouts) -> AE:

@@ -27,7 +27,7 @@ def _age(seconds: float | None) -> str:
 
 def collect(cfg: RouterConfig, store: Store, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
-    processes = {}
+    processes: dict[str, dict[str, Any]] = {}
     for p in store.processes():
         age = now - p["heartbeat_at"]
         processes[p["name"]] = {
@@ -39,7 +39,7 @@ def collect(cfg: RouterConfig, store: Store, now: float | None = None) -> dict[s
             "detail": p["detail"],
         }
     stats = store.destination_stats(now)
-    destinations = []
+    destinations: list[dict[str, Any]] = []
     names = list(cfg.destinations()) + sorted(set(stats) - set(cfg.destinations()))
     for name in names:
         s = stats.get(name)
@@ -66,8 +66,8 @@ def collect(cfg: RouterConfig, store: Store, now: float | None = None) -> dict[s
     inst = store.instance_counts()
     problems = []
     for name in ("receiver", "forwarder"):
-        p = processes.get(name)
-        if p is None or not p["running"]:
+        proc = processes.get(name)
+        if proc is None or not proc["running"]:
             problems.append(f"{name} is not running (no heartbeat)")
     for d in destinations:
         if d["circuit"] == "open":
