@@ -27,11 +27,12 @@ from .logsetup import log, setup_logging
 from .scu import AssociationFailed, Peer, echo, make_ae, open_association, store_file
 from .spool import Spool
 from .store import Job, Store, backoff_delay, this_host
+from .wakeup import DoorbellListener, socket_path
 
 LOG = logging.getLogger("router.forwarder")
 
 CLAIM_BATCH = 8  # jobs a worker takes at once: fewer transactions, association reuse across them
-IDLE_POLL_SECONDS = 0.02  # how often an idle worker looks for new work (a cheap read)
+IDLE_RECHECK_SECONDS = 1.0  # an idle worker re-checks the queue this often even without a doorbell
 IDLE_RELEASE_SECONDS = 5.0  # release an association left unused this long
 ORPHAN_MIN_AGE_SECONDS = 600  # a spool file the queue does not know, older than this, is removed
 
@@ -93,6 +94,8 @@ class DestinationPool:
         self.abort_now = threading.Event()
         self.circuit = Circuit(name, node, store)
         self.threads: list[threading.Thread] = []
+        self.work_arrived = threading.Event()  # set by the receiver's doorbell (see wakeup.py)
+        self.recheck_seconds = IDLE_RECHECK_SECONDS
         self._local = threading.local()  # .worker_id: whose claims this thread settles
         self.claimant_prefix = f"{this_host()}:{os.getpid()}:{name}"
 
@@ -108,6 +111,7 @@ class DestinationPool:
     def request_stop(self) -> None:
         self.stop.set()
         self.circuit.closed.set()  # wake waiting workers so they can exit
+        self.work_arrived.set()
 
     def join(self, deadline: float) -> bool:
         for t in self.threads:
@@ -127,6 +131,7 @@ class DestinationPool:
                 try:
                     self.circuit.close()
                     due = self.store.make_due(self.name, time.time())
+                    self.work_arrived.set()
                 except sqlite3.Error as exc:
                     log(
                         LOG,
@@ -163,10 +168,12 @@ class DestinationPool:
                     assoc = _release(assoc)
                     self.circuit.closed.wait(1.0)
                     continue
-                if not self._has_due_work():
+                self.work_arrived.clear()  # before looking, so a ring during the look is not lost
+                wait = self._seconds_until_due_work()
+                if wait > 0:
                     if assoc is not None and time.monotonic() - last_used > IDLE_RELEASE_SECONDS:
                         assoc = _release(assoc)
-                    self.stop.wait(IDLE_POLL_SECONDS)
+                    self.work_arrived.wait(min(wait, self.recheck_seconds))
                     continue
                 jobs = self.store.claim(self.name, worker_id, CLAIM_BATCH, self.cfg.router.lease_seconds, time.time())
                 if jobs:
@@ -185,9 +192,12 @@ class DestinationPool:
                 self.stop.wait(5.0)
         _release(assoc)
 
-    def _has_due_work(self) -> bool:
+    def _seconds_until_due_work(self) -> float:
+        """0 if a job is due now, else how long until the earliest backed-off job is (inf if none)."""
         due = self.store.next_due_at(self.name)
-        return due is not None and due <= time.time()
+        if due is None:
+            return float("inf")
+        return max(0.0, due - time.time())
 
     def _send_batch(
         self,
@@ -362,9 +372,11 @@ class Forwarder:
         self.started_at = time.time()
         self.stop = threading.Event()
         self.reload_requested = threading.Event()
+        self.recheck_seconds = IDLE_RECHECK_SECONDS
 
     def _start_pool(self, name: str, node: Node) -> None:
         pool = DestinationPool(name, node, self.cfg, self.store, self.spool, self.audit)
+        pool.recheck_seconds = self.recheck_seconds
         pool.start()
         self.pools[name] = pool
 
@@ -434,6 +446,15 @@ class Forwarder:
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
         self.reconcile()
+        doorbell: DoorbellListener | None = None
+        try:
+            doorbell = DoorbellListener(socket_path(self.cfg.router.state_dir), self._ring).start()
+        except OSError as exc:  # e.g. a state_dir path longer than a UNIX socket name allows
+            doorbell = None
+            log(LOG, logging.WARNING, f"no doorbell socket ({exc}); idle workers poll the queue every 50 ms instead")
+            self.recheck_seconds = 0.05
+            for pool in self.pools.values():
+                pool.recheck_seconds = self.recheck_seconds
         log(
             LOG,
             logging.INFO,
@@ -456,8 +477,14 @@ class Forwarder:
                     self.sweep_orphans()
             except sqlite3.Error as exc:
                 log(LOG, logging.WARNING, f"housekeeping skipped: {exc}")
+        if doorbell is not None:
+            doorbell.close()
         self._drain()
         return 0
+
+    def _ring(self) -> None:
+        for pool in list(self.pools.values()):
+            pool.work_arrived.set()
 
     def _drain(self) -> None:
         deadline = time.monotonic() + self.cfg.router.drain_seconds

@@ -29,6 +29,7 @@ from .logsetup import log, setup_logging
 from .scu import NODELAY_HANDLERS
 from .spool import Spool, SpoolTempFile, is_out_of_space
 from .store import InstanceFacts, NewJob, Store
+from .wakeup import Doorbell, socket_path
 
 LOG = logging.getLogger("router.receiver")
 
@@ -69,6 +70,7 @@ class Receiver:
         self.spool = Spool(cfg.spool_dir)
         self.store = Store(cfg.db_path, durable=True)
         self.audit = AuditLog(cfg.audit_path, "receiver")
+        self.doorbell = Doorbell(socket_path(cfg.router.state_dir))
         self.draining = threading.Event()
         self.started_at = time.time()
         self.server: Any = None
@@ -220,6 +222,8 @@ class Receiver:
             self.audit.record("receive", "failure", reason=f"queue database: {exc}", status="0xA700", **ctx)
             return Status.OUT_OF_RESOURCES
 
+        if jobs:
+            self.doorbell.ring()
         self.audit.record(
             "receive",
             study_uid=instance.study_uid,
