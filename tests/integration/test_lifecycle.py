@@ -1,0 +1,92 @@
+"""Reload on SIGHUP, graceful stop on SIGTERM, and a clear refusal when the port is taken."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.data import make_ct_series, sop_instance_uid
+from tests.support.peers import REPO, Router, StoreSCP, storescu, wait_until
+from tests.support.sender import RetryingSender
+
+
+def test_sighup_adds_a_destination_and_route(tmp_path: Path) -> None:
+    pacs = StoreSCP(tmp_path, "PACS").start()
+    archive = StoreSCP(tmp_path, "ARCHIVE").start()
+    router = Router(
+        tmp_path,
+        destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port, "role": "destination"}},
+    ).start()
+    try:
+        first = make_ct_series(tmp_path / "one", 2, rows=16, cols=16)
+        assert storescu(router.port, first).returncode == 0
+        router.wait_delivered(2)
+        router.config["nodes"]["ARCHIVE"] = {
+            "ae_title": "ARCHIVE",
+            "host": "127.0.0.1",
+            "port": archive.port,
+            "role": "destination",
+        }
+        router.config["routes"].append({"name": "ct-archive", "match": {"Modality": "CT"}, "to": ["ARCHIVE"]})
+        router.write_config()
+        router.reload()
+        wait_until(lambda: router.log_text().count("config reloaded") >= 2, 15, "both processes to reload")
+        second = make_ct_series(tmp_path / "two", 3, rows=16, cols=16)
+        assert storescu(router.port, second).returncode == 0
+        router.wait_delivered(2 + 3 + 3)
+        assert {sop_instance_uid(p) for p in archive.files()} == {sop_instance_uid(p) for p in second}
+    finally:
+        router.stop()
+        pacs.stop()
+        archive.stop()
+
+
+def test_sigterm_drains_and_loses_nothing(tmp_path: Path) -> None:
+    files = make_ct_series(tmp_path / "in", 60, rows=128, cols=128)
+    scp = StoreSCP(tmp_path, "PACS").start()
+    router = Router(
+        tmp_path,
+        destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port, "role": "destination"}},
+    ).start()
+    sender = RetryingSender(router.port, files, give_up_after=120).start()
+    wait_until(lambda: len(sender.log.acked) >= 10, 30, "some objects to be acknowledged")
+    code = router.stop()  # SIGTERM mid-send
+    assert code == 0
+    log = router.log_text()
+    assert "stopping: draining" in log and "router stopped" in log
+    router.start()  # the sender reconnects and finishes
+    try:
+        assert sender.wait(120)
+        assert sender.log.acked == {sop_instance_uid(p) for p in files}
+        wait_until(lambda: router.status()["destinations"][0]["backlog"] == 0, 60, "the backlog to drain")
+        assert {sop_instance_uid(p) for p in scp.files()} >= sender.log.acked
+    finally:
+        sender.stop.set()
+        router.stop()
+        scp.stop()
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    try:
+        router = Router(
+            tmp_path,
+            destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": 1, "role": "destination"}},
+        )
+        router.config["router"]["port"] = blocker.getsockname()[1]
+        router.write_config()
+        res = subprocess.run(
+            [sys.executable, "-m", "appliance.router", "serve", "--config", str(router.config_path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 3
+        assert "Address already in use" in res.stderr and "change router.port or stop the other service" in res.stderr
+    finally:
+        blocker.close()
