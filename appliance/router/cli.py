@@ -312,6 +312,39 @@ def cmd_queue_action(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_queue_route(args: argparse.Namespace) -> int:
+    from .audit import AuditLog, current_operator
+    from .config import Priority
+    from .wakeup import Doorbell, socket_path
+
+    cfg = _load(args)
+    store = _store(cfg)
+    unknown = [d for d in args.to if d not in cfg.destinations()]
+    if unknown:
+        known = ", ".join(sorted(cfg.destinations())) or "none"
+        print(
+            f"error: {', '.join(unknown)} is not a destination in {args.config} (destinations: {known})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if not args.instance_ids and not args.all:
+        print("error: name unrouted instances by id (see `queue ls --state unrouted`), or give --all", file=sys.stderr)
+        return EXIT_USAGE
+    operator = args.operator or current_operator()
+    n = store.route_unrouted(
+        args.instance_ids or None, args.to, int(Priority[args.priority]), operator, args.reason, time.time()
+    )
+    Doorbell(socket_path(cfg.router.state_dir)).ring()
+    AuditLog(cfg.audit_path, "cli").record(
+        "queue_route", operator=operator, reason=args.reason, destinations=args.to, instances=n
+    )
+    if args.json:
+        _print_json({"action": "route", "instances": n, "destinations": args.to, "operator": operator})
+    else:
+        print(f"route: {n} unrouted object(s) queued for {', '.join(args.to)}")
+    return EXIT_OK
+
+
 # -- parser ------------------------------------------------------------------------------------------
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="router.yaml (default: %(default)s)")
@@ -394,6 +427,16 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--operator", help="who (default: the login user)")
         _add_config(q)
         q.set_defaults(func=cmd_queue_action, action=action)
+    q = qsub.add_parser("route", help="send unrouted objects (matched no route) to destinations")
+    q.add_argument("instance_ids", nargs="*", type=int, help="instance ids from `queue ls --state unrouted`")
+    q.add_argument("--to", nargs="+", required=True, metavar="DEST", help="destination node(s)")
+    q.add_argument("--all", action="store_true", help="every unrouted object")
+    q.add_argument("--priority", choices=["stat", "routine", "bulk"], default="routine")
+    q.add_argument("--reason", default="", help="why (recorded in the audit trail)")
+    q.add_argument("--operator", help="who (default: the login user)")
+    q.add_argument("--json", action="store_true")
+    _add_config(q)
+    q.set_defaults(func=cmd_queue_route)
     return parser
 
 

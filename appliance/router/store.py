@@ -645,6 +645,35 @@ class Store:
         )
         return [dict(r) for r in rows]
 
+    def route_unrouted(
+        self,
+        instance_ids: Sequence[int] | None,
+        destinations: Sequence[str],
+        priority: int,
+        actor: str,
+        reason: str,
+        now: float,
+    ) -> int:
+        """Give unrouted instances (all, or these ids) one job per destination. Returns instances routed."""
+        with self._tx() as conn:
+            if instance_ids is None:
+                rows = conn.execute("SELECT id FROM instances WHERE routed = 0").fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT id FROM instances WHERE routed = 0 AND id IN ({','.join('?' * len(instance_ids))})",
+                    list(instance_ids),
+                ).fetchall()
+            for (instance_id,) in rows:
+                for dest in destinations:
+                    cur = conn.execute(
+                        "INSERT INTO jobs(instance_id, destination, route, priority, state, next_attempt_at, "
+                        "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                        (instance_id, dest, "operator", priority, JobState.QUEUED, now, now, now),
+                    )
+                    self._event(conn, int(cur.lastrowid or 0), now, "operator_route", None, reason, actor)
+                conn.execute("UPDATE instances SET routed = 1 WHERE id = ?", (instance_id,))
+        return len(rows)
+
     def list_unrouted(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         rows = (
             self._conn()

@@ -115,6 +115,15 @@ def test_unrouted_objects_are_kept_and_visible(tmp_path: Path) -> None:
         listing = router.cli("queue", "ls", "--state", "unrouted").stdout
         assert "2 unrouted object(s)" in listing
         assert len(list((tmp_path / "state" / "spool" / "objects").rglob("*.dcm"))) == 2
+        # The operator sends them on once the cause is understood.
+        out = router.cli(
+            "queue", "route", "--all", "--to", "PACS_MAIN", "--reason", "missing CT route", "--operator", "bob"
+        ).stdout
+        assert "route: 2 unrouted object(s) queued for PACS_MAIN" in out
+        router.wait_delivered(2)
+        assert len(scp.files()) == 2
+        assert router.status()["instances"]["unrouted"] == 0
+        assert any(e["event"] == "queue_route" and e["operator"] == "bob" for e in router.audit())
     finally:
         router.stop()
         scp.stop()
