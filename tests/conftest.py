@@ -6,6 +6,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.data import make_ct_series  # noqa: E402
+from tests.support.peers import stop_all  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _stop_peers_left_running():  # type: ignore[no-untyped-def]
+    """A test that fails before its own `finally` must not leave storescp/Orthanc/the router running."""
+    yield
+    stop_all()
 
 
 @pytest.fixture(scope="session")

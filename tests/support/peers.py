@@ -25,6 +25,19 @@ DCMTK_BIN = Path("/usr/bin")
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
+# Every peer started by a test, so a fixture can stop whatever a failing test left running.
+RUNNING: list[Any] = []
+
+
+def stop_all() -> None:
+    while RUNNING:
+        peer = RUNNING.pop()
+        try:
+            peer.stop()
+        except Exception:
+            pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,6 +99,7 @@ class StoreSCP:
             args.append("+xa")
         args.append(str(self.port))
         self.proc = subprocess.Popen(args, env=PEER_ENV, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        RUNNING.append(self)
         wait_until(lambda: port_open(self.port), 10, f"storescp on port {self.port}")
         return self
 
@@ -153,6 +167,7 @@ class Orthanc:
         self.proc = subprocess.Popen(
             [binary, str(cfg_path)], env=PEER_ENV, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT
         )
+        RUNNING.append(self)
         wait_until(lambda: self._http_ok(), 30, f"Orthanc HTTP on port {self.http_port}")
         wait_until(lambda: port_open(self.port), 10, f"Orthanc DICOM on port {self.port}")
         return self
@@ -262,6 +277,8 @@ class Router:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        if self not in RUNNING:
+            RUNNING.append(self)
         if wait:
             wait_until(self._ready, 30, "router to listen and both processes to report")
         return self
