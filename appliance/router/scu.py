@@ -123,6 +123,27 @@ def _diagnose_connect(peer: Peer) -> str:
     return "the TCP connection opened but the association was aborted or timed out during negotiation"
 
 
+def _requests_only(assoc: Association) -> None:
+    """Stop the association's own reactor thread from ever taking a DIMSE message off the queue.
+
+    pynetdicom 3.0.4 race: `send_c_store` clears `_reactor_checkpoint` and waits for `_is_paused`, but the
+    reactor sets `_is_paused` *before* it waits at the checkpoint, so it can pass the checkpoint, then
+    poll `dimse.get_msg(block=False)` and take the C-STORE-RSP the sender is waiting for ("Received
+    unexpected C-STORE service message"); the sender then waits out the whole DIMSE timeout, aborts, and
+    the object is sent twice. Our associations only ever send requests and read their answers with
+    blocking calls, so the reactor's non-blocking poll (its only use) is answered "nothing there".
+    tests/integration/test_pynetdicom_race.py reproduces the race and shows this closes it.
+    """
+    blocking_get = assoc.dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        if not block:
+            return None, None
+        return blocking_get(block=True)
+
+    assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+
 def open_association(
     ae: AE, peer: Peer, contexts: Iterable[tuple[str, str]] | None = None
 ) -> tuple[Association, set[tuple[str, str]]]:
@@ -141,6 +162,7 @@ def open_association(
         peer.host, peer.port, ae_title=peer.ae_title, max_pdu=peer.max_pdu, evt_handlers=NODELAY_HANDLERS
     )
     if assoc.is_established:
+        _requests_only(assoc)
         accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
         return assoc, accepted
     if assoc.is_rejected:
