@@ -34,6 +34,7 @@ LOG = logging.getLogger("router.forwarder")
 CLAIM_BATCH = 8  # jobs a worker takes at once: fewer transactions, association reuse across them
 IDLE_RECHECK_SECONDS = 1.0  # an idle worker re-checks the queue this often even without a doorbell
 IDLE_RELEASE_SECONDS = 5.0  # release an association left unused this long
+BUSY_PEER_WAIT_SECONDS = 10.0  # an extra worker whose association the peer would not take waits this long
 ORPHAN_MIN_AGE_SECONDS = 600  # a spool file the queue does not know, older than this, is removed
 
 
@@ -96,6 +97,8 @@ class DestinationPool:
         self.threads: list[threading.Thread] = []
         self.work_arrived = threading.Event()  # set by the receiver's doorbell (see wakeup.py)
         self.recheck_seconds = IDLE_RECHECK_SECONDS
+        self.live: dict[int, Association | None] = {}  # each worker's current association
+        self.busy_noted = False
         self._local = threading.local()  # .worker_id: whose claims this thread settles
         self.claimant_prefix = f"{this_host()}:{os.getpid()}:{name}"
 
@@ -163,6 +166,7 @@ class DestinationPool:
         accepted: set[tuple[str, str]] = set()
         last_used = time.monotonic()
         while not self.stop.is_set():
+            self.live[index] = assoc
             try:
                 if not self.circuit.closed.is_set():
                     assoc = _release(assoc)
@@ -175,6 +179,34 @@ class DestinationPool:
                         assoc = _release(assoc)
                     self.work_arrived.wait(min(wait, self.recheck_seconds))
                     continue
+                if assoc is None or not assoc.is_established:
+                    # Associate BEFORE claiming: a worker waiting on a peer that serves one association at a
+                    # time (DCMTK storescp without --fork, many modalities) must not sit on jobs another
+                    # worker could be sending.
+                    contexts = self.store.due_contexts(self.name, time.time(), CLAIM_BATCH)
+                    if not contexts:
+                        continue
+                    try:
+                        assoc, accepted = open_association(ae, self.peer, contexts)
+                    except AssociationFailed as exc:
+                        assoc, accepted = None, set()
+                        if exc.no_contexts:
+                            # Reachable, but refuses these objects: let the batch path fail them one by one.
+                            self.circuit.success()
+                        elif self._others_connected(index):
+                            # The peer is up (a sibling is sending) but takes fewer parallel associations
+                            # than max_associations: not an outage. This worker stands by.
+                            self._note_busy_peer(str(exc))
+                            self.stop.wait(BUSY_PEER_WAIT_SECONDS)
+                            continue
+                        else:
+                            self.circuit.failure(str(exc))
+                            log(LOG, logging.WARNING, str(exc), destination=self.name)
+                            self._backoff_due_jobs(str(exc))
+                            continue
+                    else:
+                        self.circuit.success()
+                        last_used = time.monotonic()
                 jobs = self.store.claim(self.name, worker_id, CLAIM_BATCH, self.cfg.router.lease_seconds, time.time())
                 if jobs:
                     assoc, accepted = self._send_batch(ae, assoc, accepted, jobs)
@@ -191,6 +223,31 @@ class DestinationPool:
                 assoc = _abort(assoc)
                 self.stop.wait(5.0)
         _release(assoc)
+        self.live.pop(index, None)
+
+    def _others_connected(self, index: int) -> bool:
+        return any(a is not None and a.is_established for i, a in list(self.live.items()) if i != index)
+
+    def _note_busy_peer(self, error: str) -> None:
+        if not self.busy_noted:
+            self.busy_noted = True
+            log(
+                LOG,
+                logging.WARNING,
+                f"destination {self.name} did not take another association while one is "
+                f"open ({error}); it may accept fewer than max_associations={self.node.max_associations} — "
+                "lower max_associations for this node",
+                destination=self.name,
+            )
+
+    def _backoff_due_jobs(self, error: str) -> None:
+        """A connection failure before any claim: record it as a failed attempt on the next due jobs, so
+        their history shows the outage and they back off (the circuit breaker counts the failure too)."""
+        jobs = self.store.claim(
+            self.name, self._claimant() or "?", CLAIM_BATCH, self.cfg.router.lease_seconds, time.time()
+        )
+        for job in jobs:
+            self._retry_later(job, None, error)
 
     def _seconds_until_due_work(self) -> float:
         """0 if a job is due now, else how long until the earliest backed-off job is (inf if none)."""

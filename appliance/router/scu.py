@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, Association, _config, evt
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -23,6 +25,23 @@ from .config import Node, Timeouts
 # Send spooled files straight from disk in PDU-sized chunks: memory stays flat for a 1 GB object, and
 # the bytes leave exactly as they arrived (no decode, no re-encode).
 _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+# pynetdicom's DIMSE layer puts EVERY P-DATA PDU of a message on the DUL's unbounded send queue as fast
+# as it can read the file, and the DUL thread sends one PDU per loop: with chunked sending a 1 GB object
+# would still end up in memory. Make the sending thread wait while more than a few PDUs are queued.
+_MAX_QUEUED_PDUS = 8
+_unbounded_send_pdu = DULServiceProvider.send_pdu
+
+
+def _send_pdu_bounded(self: DULServiceProvider, primitive: Any) -> None:
+    if isinstance(primitive, P_DATA):
+        while self.to_provider_queue.qsize() >= _MAX_QUEUED_PDUS and self.is_alive() and not self._kill_thread:
+            time.sleep(0.0005)
+    _unbounded_send_pdu(self, primitive)
+
+
+DULServiceProvider.send_pdu = _send_pdu_bounded  # type: ignore[method-assign]
 
 # PS3.8 Table 9-21: A-ASSOCIATE-RJ reasons by (source, reason).
 _REJECT_REASONS = {

@@ -390,6 +390,20 @@ class Store:
         jobs.sort(key=lambda j: (j.priority, j.id))
         return jobs
 
+    def due_contexts(self, destination: str, now: float, limit: int) -> list[tuple[str, str]]:
+        """(SOP class, transfer syntax) pairs of the next due jobs, without claiming them."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT DISTINCT sop_class_uid, transfer_syntax FROM (SELECT i.sop_class_uid, i.transfer_syntax "
+                "FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE j.destination = ? AND j.state = ? "
+                "AND j.next_attempt_at <= ? ORDER BY j.priority, j.id LIMIT ?)",
+                (destination, JobState.QUEUED, now, limit),
+            )
+            .fetchall()
+        )
+        return [(r[0], r[1]) for r in rows]
+
     def next_due_at(self, destination: str) -> float | None:
         row = (
             self._conn()
