@@ -210,6 +210,11 @@ class RouterSettings(Strict):
     accept_unknown_callers: bool = False
     max_pdu: int = Field(0, ge=0, description="largest PDU the router accepts; 0 = no limit")
     max_associations: int = Field(16, ge=1, le=256, description="concurrent inbound associations")
+    min_free_mb: float = Field(
+        512,
+        ge=0,
+        description="refuse new objects (0xA700) below this much free spool disk, so queued work can drain",
+    )
     lease_seconds: float = Field(
         600.0, gt=0, description="a job claimed longer than this is assumed abandoned and requeued"
     )

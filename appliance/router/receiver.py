@@ -27,7 +27,7 @@ from .dataset_facts import UnreadableDataset, read_facts
 from .dicom_status import Status
 from .logsetup import log, setup_logging
 from .scu import NODELAY_HANDLERS
-from .spool import Spool, SpoolTempFile, is_out_of_space
+from .spool import BelowReserve, Spool, SpoolTempFile, is_out_of_space
 from .store import InstanceFacts, NewJob, Store
 from .wakeup import Doorbell, socket_path
 
@@ -67,7 +67,7 @@ class Receiver:
     def __init__(self, config_path: Path, cfg: RouterConfig):
         self.config_path = config_path
         self.cfg = cfg
-        self.spool = Spool(cfg.spool_dir)
+        self.spool = Spool(cfg.spool_dir, min_free_bytes=int(cfg.router.min_free_mb * 1e6))
         self.store = Store(cfg.db_path, durable=True)
         self.audit = AuditLog(cfg.audit_path, "receiver")
         self.doorbell = Doorbell(socket_path(cfg.router.state_dir))
@@ -239,7 +239,12 @@ class Receiver:
 
     def _refuse_write_error(self, tmp: SpoolTempFile, exc: OSError, ctx: dict[str, Any]) -> int:
         tmp.discard()
-        what = "the spool disk is full" if is_out_of_space(exc) else f"writing to the spool failed ({exc})"
+        if isinstance(exc, BelowReserve):
+            what = f"the spool disk is nearly full: {exc.strerror}"
+        elif is_out_of_space(exc):
+            what = "the spool disk is full"
+        else:
+            what = f"writing to the spool failed ({exc})"
         log(
             LOG,
             logging.ERROR,
@@ -264,6 +269,7 @@ class Receiver:
         if changed:
             log(LOG, logging.WARNING, f"reload: router.{', router.'.join(changed)} change only on restart")
         self.cfg = new
+        self.spool.min_free_bytes = int(new.router.min_free_mb * 1e6)
         log(LOG, logging.INFO, "config reloaded", routes=len(new.routes), nodes=len(new.nodes))
 
     def build_ae(self) -> AE:

@@ -34,12 +34,19 @@ class SpoolTempFile:
     would abort the association, whereas the sender deserves a C-STORE status (0xA700) it can act on.
     """
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, refuse: OSError | None = None):
         self.key = uuid.uuid4().hex
         self.name = str(directory / f"{self.key}.part")
-        self._real: IO[bytes] = open(self.name, "xb")  # noqa: SIM115 - lives across many PDUs
-        self.error: OSError | None = None
+        self.error: OSError | None = refuse
         self.size = 0
+        if refuse is None:
+            try:
+                self._real: IO[bytes] = open(self.name, "xb")  # noqa: SIM115 - lives across many PDUs
+                return
+            except OSError as exc:  # no space or inodes even for an empty file
+                self.error = exc
+        # Refused up front: swallow the incoming bytes, the handler answers 0xA700.
+        self._real = open(os.devnull, "wb")  # noqa: SIM115
 
     @property
     def file(self) -> SpoolTempFile:
@@ -89,9 +96,14 @@ class SpoolTempFile:
             pass
 
 
+class BelowReserve(OSError):
+    """The spool disk is below its free-space reserve: new objects are refused so queued work can drain."""
+
+
 class Spool:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, min_free_bytes: int = 0):
         self.root = Path(root)
+        self.min_free_bytes = min_free_bytes
         self.tmp_dir = self.root / "tmp"
         self.objects_dir = self.root / "objects"
 
@@ -124,7 +136,21 @@ class Spool:
 
     # -- writing --------------------------------------------------------------------------------
     def new_temp(self) -> SpoolTempFile:
+        free = self.free_bytes()
+        if free < self.min_free_bytes:
+            return SpoolTempFile(
+                self.tmp_dir,
+                refuse=BelowReserve(
+                    errno.ENOSPC,
+                    f"only {free / 1e6:.0f} MB free, below the {self.min_free_bytes / 1e6:.0f} MB reserve "
+                    "(router.min_free_mb) kept so queued objects can still be forwarded",
+                ),
+            )
         return SpoolTempFile(self.tmp_dir)
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
 
     def commit(self, tmp: SpoolTempFile) -> str:
         """Make a finished reception durable under its key. Raises OSError on any failure."""

@@ -78,7 +78,13 @@ def collect(cfg: RouterConfig, store: Store, now: float | None = None) -> dict[s
             problems.append(f"{d['name']} has {d['backlog']} queued job(s) but is no longer in the config")
     if inst["unrouted"]:
         problems.append(f"{inst['unrouted']} object(s) matched no route (kept; see `queue ls --state unrouted`)")
-    if usage and usage.free / usage.total < 0.10:
+    reserve = cfg.router.min_free_mb * 1e6
+    if usage and usage.free < reserve:
+        problems.append(
+            f"spool disk has {usage.free / 1e6:.0f} MB free, below the {reserve / 1e6:.0f} MB reserve: senders are "
+            "refused with 0xA700 until forwarding or an operator frees space"
+        )
+    elif usage and usage.free / usage.total < 0.10:
         problems.append(f"spool disk {100 * usage.used / usage.total:.0f}% full")
     return {
         "time": now,

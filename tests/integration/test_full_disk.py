@@ -29,7 +29,11 @@ def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_full_spool_disk_refuses_with_a700_and_recovers(tmp_path: Path, small_disk: Path) -> None:
+@pytest.mark.parametrize("reserve_mb", [2, 0], ids=["reserve", "no-reserve"])
+def test_full_spool_disk_refuses_with_a700_and_recovers(tmp_path: Path, small_disk: Path, reserve_mb: int) -> None:
+    """With the default kind of reserve (router.min_free_mb) the router refuses before the disk is full, so
+    the queue database keeps room to drain. With no reserve the disk really fills: the write fails with
+    ENOSPC mid-object and the sender still gets 0xA700 and nothing partial remains."""
     files = make_ct_series(tmp_path / "in", 24, seed=24)  # 24 × 512 KB = 12 MB > 8 MB disk
     scp = StoreSCP(tmp_path, "PACS")  # destination down: nothing drains the spool yet
     router = Router(
@@ -44,7 +48,7 @@ def test_full_spool_disk_refuses_with_a700_and_recovers(tmp_path: Path, small_di
                 "circuit": {"open_after_failures": 2, "probe_seconds": 0.5},
             }
         },
-        router_extra={"state_dir": str(small_disk / "state")},
+        router_extra={"state_dir": str(small_disk / "state"), "min_free_mb": reserve_mb},
     ).start()
     to = f"DICOM_ROUTER@127.0.0.1:{router.port}"
     try:
@@ -56,7 +60,11 @@ def test_full_spool_disk_refuses_with_a700_and_recovers(tmp_path: Path, small_di
         assert report["stored"] > 0 and report["stored"] + len(refused) == len(files)
         assert all("out of resources" in f for f in refused)
         log = router.log_text()
-        assert "the spool disk is full" in log or "queue database" in log
+        if reserve_mb:
+            assert "the spool disk is nearly full" in log and "below the 2 MB reserve" in log
+            assert any("below the 2 MB reserve" in p for p in router.status()["problems"])
+        else:
+            assert "the spool disk is full" in log or "queue database" in log
 
         spool = small_disk / "state" / "spool"
         assert not list((spool / "tmp").iterdir()), "a refused object left a partial file"
@@ -64,6 +72,8 @@ def test_full_spool_disk_refuses_with_a700_and_recovers(tmp_path: Path, small_di
         assert len(on_disk) == report["stored"], "every accepted object is spooled, and nothing else"
         assert router.status()["instances"]["instances"] == report["stored"]
 
+        if not reserve_mb:
+            return  # with no reserve the queue database may itself be out of space: recovery needs an operator
         # Space returns when the destination comes back and the spool drains.
         scp.start()
         router.wait_delivered(report["stored"], timeout=60)

@@ -170,3 +170,23 @@ def test_is_out_of_space() -> None:
     assert is_out_of_space(OSError(errno.EDQUOT, "quota"))
     assert not is_out_of_space(OSError(errno.EACCES, "denied"))
     assert not is_out_of_space(ValueError("no"))
+
+
+def test_below_reserve_refuses_before_writing(tmp_path: Path) -> None:
+    from appliance.router.spool import BelowReserve
+
+    spool = Spool(tmp_path / "spool", min_free_bytes=10**18)  # more than any disk has
+    spool.init()
+    tmp = spool.new_temp()
+    assert isinstance(tmp.error, BelowReserve)
+    assert "reserve" in str(tmp.error.strerror)
+    tmp.write(b"x" * 1000)  # swallowed, nothing lands on disk
+    assert not list(spool.tmp_dir.iterdir())
+    with pytest.raises(BelowReserve):
+        spool.commit(tmp)
+    tmp.discard()
+    spool.min_free_bytes = 0
+    ok = spool.new_temp()
+    assert ok.error is None
+    ok.write(b"data")
+    assert spool.path(spool.commit(ok)).read_bytes() == b"data"
