@@ -52,8 +52,9 @@ import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from tests.support import peers
 from tests.support.data import make_ct_series, sop_instance_uid
-from tests.support.peers import PEER_ENV, REPO, Orthanc, Router, StoreSCP, dcmtk, wait_until
+from tests.support.peers import PEER_ENV, Orthanc, Router, StoreSCP, dcmtk
 
 SCENARIOS = ("direct", "fsync", "router", "orthanc", "orthanc_del")
 LABELS = {
@@ -127,7 +128,17 @@ def count_files(directory: Path) -> int:
 
 def storescu_cmd(port: int, called: str, files: Sequence[Path], calling: str = "STORESCU") -> list[str]:
     # -R: propose only the SOP classes of the files; no -v: keep the sender's own cost minimal.
-    return [dcmtk("storescu"), "-aet", calling, "-aec", called, "-R", "127.0.0.1", str(port), *map(str, files)]
+    return [
+        dcmtk("storescu"),
+        "-aet",
+        calling,
+        "-aec",
+        called,
+        "-R",
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
 
 
 def timed_send(
@@ -265,7 +276,7 @@ class RssSampler(threading.Thread):
         self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.interval = interval
         self.samples: dict[str, list[int]] = {name: [] for name in pids}
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def sample(self) -> dict[str, int]:
         out = {}
@@ -278,11 +289,11 @@ class RssSampler(threading.Thread):
         return out
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             self.sample()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
         self.sample()
 
@@ -301,6 +312,9 @@ class Context:
     profiler: Profiler | None = None
     keep: bool = False
     timeout: float = 600.0
+    scp_extra: list[str] = field(default_factory=list)
+    routers: dict[str, Path] = field(default_factory=dict)  # scenario key → checkout the router runs from
+    cpu: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # scenario → process → CPU-s
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -309,7 +323,7 @@ class Context:
 
 
 def run_direct(ctx: Context, work: Path, rep: int) -> float:
-    scp = StoreSCP(work, "DIRECT").start()
+    scp = StoreSCP(work, "DIRECT", extra=ctx.scp_extra).start()
     try:
         t = timed_send(
             storescu_cmd(scp.port, "DIRECT", ctx.files),
@@ -394,25 +408,47 @@ def make_router(ctx: Context, work: Path, scp: StoreSCP) -> Router:
     )
 
 
-def run_router(ctx: Context, work: Path, rep: int) -> float:
-    scp = StoreSCP(work, "PACS").start()
+def run_router(ctx: Context, work: Path, rep: int, key: str = "router") -> float:
+    default_repo = peers.REPO
+    peers.REPO = ctx.routers.get(key, default_repo)  # Router runs `python -m appliance.router` from there
+    try:
+        return _run_router(ctx, work, rep, key)
+    finally:
+        peers.REPO = default_repo
+
+
+def _run_router(ctx: Context, work: Path, rep: int, key: str) -> float:
+    scp = StoreSCP(work, "PACS", extra=ctx.scp_extra).start()
     router = make_router(ctx, work, scp).start()
     profiler = ctx.profiler or Profiler(None)
+    tag = key.replace(":", "-")
     try:
         pids = child_pids(router)
+        procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        cpu0: dict[str, float] = {}
+
+        def start() -> None:
+            profiler.start(pids, f"{tag}-rep{rep}")
+            cpu0.update({name: sum(p.cpu_times()[:2]) for name, p in procs.items()})
+
         t = timed_send(
             storescu_cmd(router.port, router.ae_title, ctx.files),
             work / "storescu.log",
             _router_done(router, scp, ctx.n),
             ctx.timeout,
-            on_start=lambda: profiler.start(pids, f"router-rep{rep}"),
+            on_start=start,
         )
+        cpu = ctx.cpu.setdefault(key, {})
+        for name, p in procs.items():
+            cpu.setdefault(name, []).append(sum(p.cpu_times()[:2]) - cpu0[name])
         profiler.stop()
         note = _router_outcome(router, ctx.n)
         if note:
-            ctx.notes.append(f"router rep {rep}: {note}")
-        if "unexpected" in router.log_text().lower():
-            ctx.notes.append(f"router rep {rep}: the log mentions an unexpected message; see {router.log}")
+            ctx.notes.append(f"{key} rep {rep}: {note}")
+        log_text = router.log_text()
+        for needle in ("Received unexpected", "no C-STORE response"):
+            if needle in log_text:
+                ctx.notes.append(f"{key} rep {rep}: the router log says '{needle} …' ({log_text.count(needle)}×)")
     finally:
         profiler.stop()
         router.stop()
@@ -422,7 +458,7 @@ def run_router(ctx: Context, work: Path, rep: int) -> float:
 
 
 def _run_orthanc(ctx: Context, work: Path, lua: str) -> float:
-    scp = StoreSCP(work, "PACS").start()
+    scp = StoreSCP(work, "PACS", extra=ctx.scp_extra).start()
     orthanc = Orthanc(work, "ORTHANC", lua=lua, modalities={"target": ["PACS", "127.0.0.1", scp.port]})
     orthanc.start()
     try:
@@ -460,8 +496,21 @@ def median_or_nan(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def label(key: str) -> str:
+    if key.startswith("router:"):
+        return f"router [{key[7:]}]"
+    return LABELS[key]
+
+
+def short(key: str) -> str:
+    return label(key) if key.startswith("router:") else key
+
+
 def relay_mode(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     scenarios = [s for s in SCENARIOS if s in args.only] if args.only else list(SCENARIOS)
+    if args.routers and "router" in scenarios:
+        i = scenarios.index("router")
+        scenarios[i : i + 1] = list(args.routers)
     print(f"generating {args.count} CT objects (512×512, 16-bit) …", flush=True)
     files = make_ct_series(base / "input", args.count, accession="BENCH", seed=7)
     expected = {sop_instance_uid(p): dataset_length(p) for p in files}
@@ -475,25 +524,33 @@ def relay_mode(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         profiler=Profiler(Path(args.profile), args.py_spy_arg) if args.profile else None,
         keep=args.keep,
         timeout=args.timeout,
+        scp_extra=args.scp_extra,
+        routers=dict(args.routers),
     )
+    # Untimed warm-up: storescu/storescp binaries and the input files in the page cache for every path.
+    warm = base / "warm-up"
+    warm.mkdir()
+    run_direct(ctx, warm, 0)
+    shutil.rmtree(warm, ignore_errors=True)
     times: dict[str, list[float]] = {s: [] for s in scenarios}
     failures: dict[str, list[str]] = {s: [] for s in scenarios}
     durable: list[float] = []
+    width = max(len(s) for s in scenarios)
     for rep in range(1, args.reps + 1):
         for s in scenarios:
             work = base / f"rep{rep}-{s}"
             work.mkdir()
             try:
-                t = RUNNERS[s](ctx, work, rep)
+                t = run_router(ctx, work, rep, s) if s.startswith("router") else RUNNERS[s](ctx, work, rep)
             except Exception as exc:
                 msg = f"{type(exc).__name__}: {exc}"
                 failures[s].append(msg)
-                print(f"  rep {rep} {s:<12} FAILED: {msg}", flush=True)
+                print(f"  rep {rep} {s:<{width}} FAILED: {msg}", flush=True)
                 if not isinstance(exc, BenchError):
                     traceback.print_exc()
             else:
                 times[s].append(t)
-                print(f"  rep {rep} {s:<12} {t:8.3f} s  ({t / ctx.n * 1000:6.2f} ms/object)", flush=True)
+                print(f"  rep {rep} {s:<{width}} {t:8.3f} s  ({t / ctx.n * 1000:6.2f} ms/object)", flush=True)
             finally:
                 if not args.keep:
                     shutil.rmtree(work, ignore_errors=True)
@@ -509,33 +566,40 @@ def relay_mode(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         f"{args.reps} interleaved repetition(s), median wall time"
     )
     base_t = med.get("direct", float("nan"))
-    rows = [s for s in ("direct", "durable", "router", "orthanc", "orthanc_del") if s in med]
+    router_keys = [s for s in scenarios if s.startswith("router")]
+    rows = [s for s in ("direct", "durable", *router_keys, "orthanc", "orthanc_del") if s in med]
     print(f"  {'path':<44} {'median s':>9} {'min s':>8} {'max s':>8} {'ms/obj':>7} {'direct÷path':>12}")
     for s in rows:
         vals = durable if s == "durable" else times[s]
         if not vals:
-            print(f"  {LABELS[s]:<44} {'failed':>9}")
+            print(f"  {label(s):<44} {'failed':>9}")
             continue
         m = med[s]
-        print(
-            f"  {LABELS[s]:<44} {m:9.3f} {min(vals):8.3f} {max(vals):8.3f} {m / ctx.n * 1000:7.2f} "
-            f"{base_t / m:12.2f}"
-        )
+        print(f"  {label(s):<44} {m:9.3f} {min(vals):8.3f} {max(vals):8.3f} {m / ctx.n * 1000:7.2f} {base_t / m:12.2f}")
     if "fsync" in med:
         f = med["fsync"]
         print(f"  (write+fsync alone: median {f:.3f} s, {f / ctx.n * 1000:.2f} ms per object)")
-    r = med.get("router")
-    if r is not None and r == r:
+    for key in router_keys:
+        r = med.get(key, float("nan"))
+        if r != r:
+            continue
         print()
-        print("Throughput ratios (higher = router faster; time of the other path ÷ router's time)")
-        for other, label in (
+        print(f"Throughput ratios of {short(key)} (higher = router faster: the other path's time ÷ the router's)")
+        for other, text in (
             ("direct", "router / direct"),
             ("durable", "router / durable limit"),
             ("orthanc", "router / Orthanc Lua SendToModality"),
             ("orthanc_del", "router / Orthanc Lua Delete(SendToModality)"),
         ):
             if other in med and med[other] == med[other]:
-                print(f"  {label:<46} {med[other] / r:6.2f}")
+                print(f"  {text:<46} {med[other] / r:6.2f}")
+    if ctx.cpu:
+        print()
+        print(f"Router CPU while relaying (user+system seconds, median; {os.cpu_count()} cores)")
+        for key, per_process in ctx.cpu.items():
+            for name, vals in per_process.items():
+                m = statistics.median(vals)
+                print(f"  {short(key):<30} {name:<10} {m:7.2f} CPU-s  ({m / ctx.n * 1000:.2f} ms per object)")
     for s, errs in failures.items():
         for e in errs:
             print(f"  ! {s}: {e}")
@@ -550,6 +614,7 @@ def relay_mode(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         "median": med,
         "failures": failures,
         "notes": ctx.notes,
+        "router_cpu": ctx.cpu,
     }
 
 
@@ -641,7 +706,7 @@ def large_mode(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         # Direct.
         work = base / f"rep{rep}-direct"
         work.mkdir()
-        scp = StoreSCP(work, "DIRECT").start()
+        scp = StoreSCP(work, "DIRECT", extra=args.scp_extra).start()
         try:
             row["direct"] = timed_send(
                 storescu_cmd(scp.port, "DIRECT", [big]),
@@ -668,7 +733,7 @@ def large_mode(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         # Through the router, sampling RSS.
         work = base / f"rep{rep}-router"
         work.mkdir()
-        scp = StoreSCP(work, "PACS").start()
+        scp = StoreSCP(work, "PACS", extra=args.scp_extra).start()
         ctx = Context(base, [big], {uid: 0}, args.router_extra, args.dest_extra, timeout=args.timeout)
         router = make_router(ctx, work, scp).start()
         try:
@@ -703,8 +768,7 @@ def large_mode(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             scp.stop()
         check(scp.out_dir)
         row["rss"] = {
-            name: {"cold": cold[name], "baseline": baseline[name], "peak": max(sampler.samples[name])}
-            for name in pids
+            name: {"cold": cold[name], "baseline": baseline[name], "peak": max(sampler.samples[name])} for name in pids
         }
         row["rss_samples"] = {name: len(v) for name, v in sampler.samples.items()}
         if not args.keep:
@@ -798,28 +862,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--profile", default=None, metavar="DIR", help="py-spy record receiver+forwarder per router run")
     ap.add_argument("--py-spy-arg", action="append", default=[], help="extra py-spy record argument (repeatable)")
+    ap.add_argument(
+        "--scp-fork",
+        action="store_true",
+        help="run every storescp with --fork (one child per association) instead of single-process",
+    )
+    ap.add_argument(
+        "--router-repo",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="run the router (python -m appliance.router) from this checkout instead, e.g. a scratch copy with "
+        "a change under test; repeat to compare several, interleaved with the other paths (default: this "
+        "repository)",
+    )
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     args = ap.parse_args(argv)
     if args.only and set(args.only) - set(SCENARIOS):
         ap.error(f"--only takes {','.join(SCENARIOS)}")
     args.reps = args.reps or (1 if args.large else 3)
+    args.scp_extra = ["--fork"] if args.scp_fork else []
     args.router_extra = {}
     for a in args.router_set:
         set_dotted(args.router_extra, a)
-    args.dest_extra = {}
+    # A single-process storescp serves one association at a time: a second forwarder association
+    # would wait in its listen backlog until the first is released (see README.md).
+    args.dest_extra = {"max_associations": 2 if args.scp_fork else 1}
     for a in args.dest_set:
         set_dotted(args.dest_extra, a)
 
+    args.routers = {}
+    for spec in args.router_repo:
+        name, _, where = spec.rpartition("=")
+        repo = Path(where).resolve()
+        if not (repo / "appliance" / "router" / "__main__.py").exists():
+            ap.error(f"--router-repo {spec}: no appliance/router there")
+        args.routers[f"router:{name or repo.name}"] = repo
     if args.workdir:
         base = Path(args.workdir)
         base.mkdir(parents=True, exist_ok=False)
     else:
         base = Path(tempfile.mkdtemp(prefix="bench-relay-"))
     print(environment())
-    print(f"work directory {base} · router code {REPO / 'appliance'}")
-    if args.router_extra or args.dest_extra:
-        print(f"router settings {args.router_extra or '{}'} · destination settings {args.dest_extra or '{}'}")
+    print(f"work directory {base}")
+    for key, repo in (args.routers or {"router": peers.REPO}).items():
+        print(f"{label(key)}: code from {repo / 'appliance'}")
+    print(
+        f"storescp {' '.join(['+B', *args.scp_extra])} · router settings {args.router_extra or '{}'} · "
+        f"destination node settings {args.dest_extra}"
+    )
     print(flush=True)
+    if args.large and args.routers:
+        if len(args.routers) > 1:
+            ap.error("--large measures one router: give --router-repo once")
+        peers.REPO = next(iter(args.routers.values()))
     try:
         result = large_mode(args, base) if args.large else relay_mode(args, base)
     finally:
