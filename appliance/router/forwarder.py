@@ -34,6 +34,7 @@ LOG = logging.getLogger("router.forwarder")
 CLAIM_BATCH = 8  # jobs a worker takes at once: fewer transactions, association reuse across them
 IDLE_RECHECK_SECONDS = 1.0  # an idle worker re-checks the queue this often even without a doorbell
 IDLE_RELEASE_SECONDS = 5.0  # release an association left unused this long
+HEARTBEAT_SECONDS = 5.0  # how often `status` learns this process is alive (a small SQLite write)
 BUSY_PEER_WAIT_SECONDS = 10.0  # an extra worker whose association the peer would not take waits this long
 ORPHAN_MIN_AGE_SECONDS = 600  # a spool file the queue does not know, older than this, is removed
 
@@ -518,6 +519,7 @@ class Forwarder:
             f"forwarding to {len(self.pools)} destination(s): {', '.join(sorted(self.pools))}",
         )
         last_house = 0.0
+        last_beat = 0.0
         last_orphans = 0.0
         while not self.stop.wait(1.0):
             if self.reload_requested.is_set():
@@ -525,7 +527,9 @@ class Forwarder:
                 self.reload()
             now = time.monotonic()
             try:
-                self.store.heartbeat("forwarder", self.started_at, time.time(), ",".join(sorted(self.pools)))
+                if now - last_beat >= HEARTBEAT_SECONDS:
+                    last_beat = now
+                    self.store.heartbeat("forwarder", self.started_at, time.time(), ",".join(sorted(self.pools)))
                 if now - last_house > 30:
                     last_house = now
                     self.housekeeping()
