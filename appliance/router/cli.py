@@ -32,6 +32,27 @@ def _load(args: argparse.Namespace) -> RouterConfig:
         raise SystemExit(EXIT_USAGE) from None
 
 
+def _load_for_state(args: argparse.Namespace) -> RouterConfig:
+    """Like _load, but a config with problems still leads to the queue (with a warning): status and queue
+    actions must work while the router runs on its previous config and someone fixes the file."""
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        from .config import load_state_locations
+
+        try:
+            cfg = load_state_locations(args.config)
+        except ConfigError:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE) from None
+        print(
+            f"warning: {args.config} has {len(exc.problems)} problem(s) (run `dicom-router config check` on it); "
+            f"showing the queue in {cfg.router.state_dir} without node and route details",
+            file=sys.stderr,
+        )
+        return cfg
+
+
 def _duration(text: str) -> float:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
     if not m:
@@ -144,7 +165,7 @@ def _store(cfg: RouterConfig) -> Store:
 def cmd_status(args: argparse.Namespace) -> int:
     from .status import collect, render
 
-    cfg = _load(args)
+    cfg = _load_for_state(args)
     report = collect(cfg, _store(cfg))
     if args.json:
         _print_json(report)
@@ -177,7 +198,7 @@ def _fmt_time(t: float | None) -> str:
 def cmd_queue_ls(args: argparse.Namespace) -> int:
     from .store import UNROUTED, JobState
 
-    cfg = _load(args)
+    cfg = _load_for_state(args)
     store = _store(cfg)
     if args.state == UNROUTED:
         rows = store.list_unrouted(limit=args.limit, offset=args.offset)
@@ -217,7 +238,7 @@ def cmd_queue_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load_for_state(args)
     store = _store(cfg)
     job = store.get_job(args.id)
     if job is None:
@@ -268,7 +289,7 @@ def cmd_queue_action(args: argparse.Namespace) -> int:
     from .audit import AuditLog, current_operator
     from .spool import Spool
 
-    cfg = _load(args)
+    cfg = _load_for_state(args)
     store = _store(cfg)
     flt = _filter(args)
     if flt.is_empty() and not args.all:

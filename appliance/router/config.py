@@ -437,6 +437,31 @@ def load_config(path: Path | str) -> RouterConfig:
     return _anchor_relative_dirs(cfg, path.resolve().parent)
 
 
+def load_state_locations(path: Path | str) -> RouterConfig:
+    """Just enough of a config that fails validation to find the state: `router.state_dir` and `log_dir`.
+
+    For read-and-queue commands at 3 a.m.: if someone saved a broken file while the router runs on its
+    previous config, `status` and `queue` must still show and act on the queue. Nodes and routes are dropped.
+    """
+    path = Path(path)
+    try:
+        doc = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    except Exception as exc:
+        raise ConfigError(path, [Problem("", f"cannot even find router.state_dir in it: {exc}")]) from exc
+    router = doc.get("router") if isinstance(doc, dict) else None
+    router = router if isinstance(router, dict) else {}
+    keep = {}
+    for key in ("state_dir", "log_dir", "ae_title", "bind", "port", "min_free_mb"):
+        if key in router:
+            try:
+                RouterSettings.model_validate({key: router[key]})
+            except ValidationError:
+                continue
+            keep[key] = router[key]
+    cfg = RouterConfig(router=RouterSettings.model_validate(keep))
+    return _anchor_relative_dirs(cfg, path.resolve().parent)
+
+
 def _anchor_relative_dirs(cfg: RouterConfig, base: Path) -> RouterConfig:
     """Relative state_dir/log_dir are taken relative to the config file, so every command that reads the
     same file finds the same state, whatever directory it runs from."""

@@ -151,6 +151,10 @@ def test_invalid_config_at_start_and_on_reload(tmp_path: Path) -> None:
         router.reload()
         wait_until(lambda: "SIGHUP: the new config is invalid" in router.log_text(), 10, "reload refusal logged")
         assert "port 99999 is impossible" in router.log_text()
+        # status and queue still work on the broken file (they only need to find the state).
+        res = router.cli("status", "--json")
+        assert "has 1 problem(s)" in res.stderr and "without node and route details" in res.stderr
+        assert res.returncode == 0 and "processes" in res.stdout
         router.config_path.write_text(good_text)  # (no SIGHUP) so the CLI below can read it
         # Still running and routing on the old config.
         assert storescu(router.port, [GOOD]).returncode == 0

@@ -613,3 +613,17 @@ def test_cli_config_check_missing_file(tmp_path: Path) -> None:
     result = run_check(tmp_path / "missing.yaml")
     assert result.returncode == 1
     assert "file not found" in result.stderr
+
+
+def test_state_locations_survive_a_broken_config(tmp_path: Path) -> None:
+    from appliance.router.config import load_state_locations
+
+    cfg_path = tmp_path / "etc" / "router.yaml"
+    cfg_path.parent.mkdir()
+    cfg_path.write_text("router:\n  state_dir: ../state\n  port: 99999\nnodes:\n  X: {role: nonsense}\n")
+    with pytest.raises(ConfigError):
+        load_config(cfg_path)
+    cfg = load_state_locations(cfg_path)
+    assert cfg.router.state_dir == (tmp_path / "state").resolve()
+    assert cfg.router.port == 11112  # the invalid value is dropped, not used
+    assert cfg.nodes == {} and cfg.routes == []
