@@ -111,16 +111,21 @@ def _optional_config(args: argparse.Namespace) -> RouterConfig | None:
     return _load(args)
 
 
+def _peer_and_own_ae(args: argparse.Namespace, target: str) -> tuple[Peer, str]:
+    """The peer to talk to (a node name or AE@HOST:PORT) and the AE title we call it with."""
+    cfg = _optional_config(args)
+    try:
+        peer = _peer(cfg, target)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    return peer, args.calling_ae or (cfg.router.ae_title if cfg else "DICOM_ROUTER")
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     from .scu import echo
 
-    cfg = _optional_config(args)
-    try:
-        peer = _peer(cfg, args.target)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    own = args.calling_ae or (cfg.router.ae_title if cfg else "DICOM_ROUTER")
+    peer, own = _peer_and_own_ae(args, args.target)
     result = echo(own, peer)
     if args.json:
         _print_json({"ok": result.ok, "seconds": round(result.seconds, 4), "message": result.message})
@@ -132,13 +137,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     from .sender import send_paths
 
-    cfg = _optional_config(args)
-    try:
-        peer = _peer(cfg, args.to)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    own = args.calling_ae or (cfg.router.ae_title if cfg else "DICOM_ROUTER")
+    peer, own = _peer_and_own_ae(args, args.to)
     report = send_paths(own, peer, [Path(p) for p in args.paths])
     if args.json:
         _print_json(report.as_dict())

@@ -23,7 +23,7 @@ from pynetdicom import AE, Association
 from .audit import AuditLog
 from .config import ConfigError, Node, RouterConfig, load_config
 from .dicom_status import Outcome, classify_store_status, describe
-from .logsetup import log, setup_logging
+from .logsetup import log
 from .scu import AssociationFailed, Peer, echo, make_ae, open_association, store_file
 from .spool import Spool
 from .store import Job, Store, backoff_delay, this_host
@@ -560,14 +560,3 @@ class Forwarder:
                 "they will be sent again after restart",
             )
         log(LOG, logging.INFO, "forwarder stopped")
-
-
-def run(config_path: Path) -> int:
-    try:
-        cfg = load_config(config_path)
-    except ConfigError as exc:
-        setup_logging("forwarder", None)
-        LOG.critical(str(exc))
-        return 2
-    setup_logging("forwarder", cfg.router.log_dir)
-    return Forwarder(config_path, cfg).serve()

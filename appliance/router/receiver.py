@@ -25,7 +25,7 @@ from .audit import AuditLog
 from .config import ConfigError, RouterConfig, load_config
 from .dataset_facts import UnreadableDataset, read_facts
 from .dicom_status import Status
-from .logsetup import log, setup_logging
+from .logsetup import log
 from .scu import NODELAY_HANDLERS
 from .spool import BelowReserve, Spool, SpoolTempFile, is_out_of_space
 from .store import InstanceFacts, NewJob, Store
@@ -350,14 +350,3 @@ class Receiver:
             log(LOG, logging.WARNING, f"drain deadline reached: aborting {left} association(s) still open")
         self.server.shutdown()
         log(LOG, logging.INFO, "receiver stopped")
-
-
-def run(config_path: Path) -> int:
-    try:
-        cfg = load_config(config_path)
-    except ConfigError as exc:
-        setup_logging("receiver", None)
-        LOG.critical(str(exc))
-        return 2
-    setup_logging("receiver", cfg.router.log_dir)
-    return Receiver(config_path, cfg).serve()

@@ -128,13 +128,21 @@ class Supervisor:
 
 
 def run_child(name: str, config_path: Path) -> int:
+    """The body of one child process: load the config, set up its logging, serve until told to stop."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        setup_logging(name, None)
+        logging.getLogger(f"router.{name}").critical(str(exc))
+        return EXIT_BAD_CONFIG
+    setup_logging(name, cfg.router.log_dir)
     if name == "receiver":
-        from . import receiver
+        from .receiver import Receiver
 
-        return receiver.run(config_path)
+        return Receiver(config_path, cfg).serve()
     if name == "forwarder":
-        from . import forwarder
+        from .forwarder import Forwarder
 
-        return forwarder.run(config_path)
+        return Forwarder(config_path, cfg).serve()
     raise SystemExit(f"unknown process {name}")
