@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the CLI imports pynetdicom and SQLite code only for the com
     from .store import JobFilter, Store
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+AUDIT_MAX_JOBS = 500  # an operator action names at most this many jobs in its audit entry
 
 
 def _load(args: argparse.Namespace) -> RouterConfig:
@@ -287,6 +288,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 def cmd_queue_action(args: argparse.Namespace) -> int:
     from .audit import AuditLog, current_operator
     from .spool import Spool
+    from .store import JobFilter
 
     cfg = _load_for_state(args)
     store = _store(cfg)
@@ -313,6 +315,8 @@ def cmd_queue_action(args: argparse.Namespace) -> int:
     spool = Spool(cfg.spool_dir)
     for key in res.spool_keys_freed:
         spool.delete(key)
+    # Name what changed (job, destination, study, SOP instance, accession), not just the filter used.
+    named = store.list_jobs(JobFilter(ids=res.job_ids[:AUDIT_MAX_JOBS]), limit=AUDIT_MAX_JOBS) if res.job_ids else []
     AuditLog(cfg.audit_path, "cli").record(
         f"queue_{action}",
         operator=operator,
@@ -320,6 +324,17 @@ def cmd_queue_action(args: argparse.Namespace) -> int:
         filter={k: v for k, v in flt.__dict__.items() if v},
         changed=res.changed,
         skipped=res.skipped,
+        jobs=[
+            {
+                "job": j.id,
+                "destination": j.destination,
+                "study_uid": j.study_uid,
+                "sop_instance_uid": j.sop_instance_uid,
+                "accession": j.accession,
+            }
+            for j in named
+        ],
+        jobs_not_listed=max(0, res.changed - len(named)) or None,
     )
     out = {"action": action, "changed": res.changed, "skipped": res.skipped, "operator": operator}
     if args.json:

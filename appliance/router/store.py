@@ -255,6 +255,7 @@ class ActionResult:
     changed: int
     skipped: int  # matched the filter but the action does not apply to their state
     spool_keys_freed: list[str] = field(default_factory=list)
+    job_ids: list[int] = field(default_factory=list)  # the jobs that changed
 
 
 def this_host() -> str:
@@ -619,7 +620,9 @@ class Store:
                     key = self._finish_instance_if_complete(conn, job_id, now, keep_spool)
                     if key:
                         freed.append(key)
-        return ActionResult(changed=len(ids), skipped=len(matched) - len(ids), spool_keys_freed=freed)
+        return ActionResult(
+            changed=len(ids), skipped=len(matched) - len(ids), spool_keys_freed=freed, job_ids=list(ids)
+        )
 
     # -- reading --------------------------------------------------------------------------------
     def list_jobs(self, flt: JobFilter, limit: int = 100, offset: int = 0) -> list[Job]:

@@ -54,6 +54,10 @@ def test_operator_actions_on_a_stuck_destination(tmp_path: Path) -> None:
         audit = [e for e in router.audit() if e["event"].startswith("queue_")]
         assert [e["event"] for e in audit] == ["queue_hold", "queue_release"]
         assert audit[0]["operator"] == "alice" and audit[0]["changed"] == 2
+        assert {j["accession"] for j in audit[0]["jobs"]} == {"ACC_B"}
+        assert all(
+            j["study_uid"] and j["sop_instance_uid"] and j["destination"] == "PACS_MAIN" for j in audit[0]["jobs"]
+        )
         # Listing filters and the status report agree.
         assert len(router.jobs("--patient-id", "PA", "--state", "done")) == 3
         st = json.loads(router.cli("status", "--json").stdout)
