@@ -463,7 +463,7 @@ class Forwarder:
 
     def housekeeping(self) -> None:
         now = time.time()
-        n = self.store.recover_abandoned(now)
+        n = self.store.recover_abandoned(now, live_claimants_prefix=f"{this_host()}:{os.getpid()}:")
         if n:
             log(LOG, logging.WARNING, f"requeued {n} job(s) whose claim lease ran out")
         keep_s = self.cfg.router.retention.keep_sent_hours * 3600

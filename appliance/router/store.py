@@ -326,10 +326,6 @@ class Store:
         with self._tx():
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
-    def data_version(self) -> int:
-        """Changes whenever another connection commits: a cheap 'anything new?' poll."""
-        return int(self._conn().execute("PRAGMA data_version").fetchone()[0])
-
     # -- receiving ------------------------------------------------------------------------------
     def add_instance(self, spool_key: str, facts: InstanceFacts, jobs: Sequence[NewJob], now: float) -> int:
         """Record a spooled object and its jobs in one transaction. No jobs = kept as unrouted."""
@@ -485,32 +481,34 @@ class Store:
                 if cur.rowcount:
                     self._event(conn, job_id, now, "returned", None, reason)
 
-    def recover_abandoned(self, now: float, dead_claimants_prefix: str | None = None) -> int:
-        """Requeue claims whose lease ran out, or that a dead process on this host held."""
+    def recover_abandoned(
+        self, now: float, dead_claimants_prefix: str | None = None, live_claimants_prefix: str | None = None
+    ) -> int:
+        """Requeue claims whose lease ran out, or that a dead process on this host held.
+
+        Claims by `live_claimants_prefix` (the calling process, whose threads are still sending) are never
+        requeued by lease expiry: a slow send of a large object may outlast the lease, and requeueing it
+        would have a second worker send the same object while the first is still at it.
+        """
+        # Exact prefix comparisons: with LIKE, `_` or `%` in a hostname would be wildcards.
         with self._tx() as conn:
             args: list[Any] = [JobState.QUEUED, now, JobState.SENDING, now]
+            expired = "lease_until < ?"
+            if live_claimants_prefix:
+                expired += " AND substr(claimed_by, 1, ?) != ?"
+                args += [len(live_claimants_prefix), live_claimants_prefix]
             extra = ""
             if dead_claimants_prefix:
-                # An exact prefix comparison: with LIKE, `_` or `%` in a hostname would be wildcards.
                 extra = " OR substr(claimed_by, 1, ?) = ?"
                 args += [len(dead_claimants_prefix), dead_claimants_prefix]
             rows = conn.execute(
                 "UPDATE jobs SET state = ?, lease_until = NULL, claimed_by = NULL, updated_at = ? "
-                f"WHERE state = ? AND (lease_until < ?{extra}) RETURNING id",
+                f"WHERE state = ? AND (({expired}){extra}) RETURNING id",
                 args,
             ).fetchall()
             for (job_id,) in rows:
                 self._event(conn, job_id, now, "requeued", None, "claim abandoned (process ended mid-send)")
         return len(rows)
-
-    def extend_lease(self, job_ids: Sequence[int], lease_seconds: float, now: float) -> None:
-        if not job_ids:
-            return
-        with self._tx() as conn:
-            conn.execute(
-                f"UPDATE jobs SET lease_until = ? WHERE id IN ({','.join('?' * len(job_ids))}) AND state = ?",
-                (now + lease_seconds, *job_ids, JobState.SENDING),
-            )
 
     def make_due(self, destination: str, now: float) -> int:
         """Jobs backed off during an outage need not wait out their delays once the peer answers."""

@@ -417,12 +417,16 @@ def test_recover_abandoned_prefix_is_literal(store: Store) -> None:
     assert store.recover_abandoned(T0 + 1, dead_claimants_prefix="%") == 0
 
 
-def test_extend_lease_keeps_a_long_send_alive(store: Store) -> None:
+def test_live_process_claims_outlast_their_lease(store: Store) -> None:
+    """A slow send by this (live) process is not requeued when its lease runs out; another process's is."""
     add(store)
-    job = store.claim("PACS", "w", 1, 10, T0)[0]
-    store.extend_lease([job.id], 100, T0 + 5)
-    assert store.recover_abandoned(T0 + 50) == 0
-    assert store.recover_abandoned(T0 + 106) == 1
+    add(store)
+    mine = store.claim("PACS", "host:100:PACS:0", 1, 10, T0)[0]
+    theirs = store.claim("PACS", "host:200:PACS:0", 1, 10, T0)[0]
+    assert store.recover_abandoned(T0 + 50, live_claimants_prefix="host:100:") == 1
+    assert state_of(store, mine.id) == JobState.SENDING
+    assert state_of(store, theirs.id) == JobState.QUEUED
+    assert store.recover_abandoned(T0 + 50) == 1  # without the live prefix, any expired lease goes back
 
 
 def test_make_due(store: Store) -> None:
