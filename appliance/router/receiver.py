@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,24 @@ def _use_spool_for_incoming(spool: Spool) -> None:
     dimse_messages.NamedTemporaryFile = factory  # type: ignore[assignment]
 
 
+@dataclass(frozen=True)
+class _Routing:
+    """A config and what the C-STORE handler derives from it, computed once per (re)load, swapped as one."""
+
+    cfg: RouterConfig
+    sources_by_ae: dict[str, str]
+    tag_keywords: tuple[str, ...]
+
+    @classmethod
+    def of(cls, cfg: RouterConfig) -> _Routing:
+        return cls(cfg, cfg.sources_by_ae(), tuple(cfg.tag_keywords()))
+
+
 class Receiver:
     def __init__(self, config_path: Path, cfg: RouterConfig):
         self.config_path = config_path
         self.cfg = cfg
+        self.routing = _Routing.of(cfg)
         self.spool = Spool(cfg.spool_dir, min_free_bytes=int(cfg.router.min_free_mb * 1e6))
         self.store = Store(cfg.db_path, durable=True)
         self.audit = AuditLog(cfg.audit_path, "receiver")
@@ -115,7 +130,7 @@ class Receiver:
             )
             _reject(assoc, _REJECT_CALLED_AE)
             return
-        if calling not in cfg.sources_by_ae() and not cfg.router.accept_unknown_callers:
+        if calling not in self.routing.sources_by_ae and not cfg.router.accept_unknown_callers:
             log(
                 LOG,
                 logging.WARNING,
@@ -178,16 +193,17 @@ class Receiver:
         if tmp.error is not None:
             return self._refuse_write_error(tmp, tmp.error, ctx)
 
-        cfg = self.cfg  # one consistent config for this object, even if a reload lands meanwhile
+        routing = self.routing  # one consistent config for this object, even if a reload lands meanwhile
+        cfg = routing.cfg
         try:
-            facts = read_facts(Path(tmp.name), cfg.tag_keywords())
+            facts = read_facts(Path(tmp.name), routing.tag_keywords)
         except UnreadableDataset as exc:
             tmp.discard()
             log(LOG, logging.WARNING, f"refused an unreadable dataset from {calling}: {exc}", **ctx)
             self.audit.record("receive", "failure", reason=str(exc), status="0xC000", **ctx)
             return Status.CANNOT_UNDERSTAND
 
-        source_node = cfg.sources_by_ae().get(calling)
+        source_node = routing.sources_by_ae.get(calling)
         targets, _ = rules.evaluate(
             cfg, rules.Facts(calling_ae=calling, called_ae=called, source_node=source_node, tags=facts.values)
         )
@@ -269,6 +285,7 @@ class Receiver:
         if changed:
             log(LOG, logging.WARNING, f"reload: router.{', router.'.join(changed)} change only on restart")
         self.cfg = new
+        self.routing = _Routing.of(new)
         self.spool.min_free_bytes = int(new.router.min_free_mb * 1e6)
         log(LOG, logging.INFO, "config reloaded", routes=len(new.routes), nodes=len(new.nodes))
 

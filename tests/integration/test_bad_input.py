@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.support.data import PYDICOM_TEST_FILES, make_ct_series
-from tests.support.peers import REPO, Router, StoreSCP, storescu, wait_until
+from tests.support.peers import REPO, Router, StoreSCP, dest_node, storescu, wait_until
 
 GOOD = PYDICOM_TEST_FILES / "CT_small.dcm"
 
@@ -17,7 +17,7 @@ GOOD = PYDICOM_TEST_FILES / "CT_small.dcm"
 def _router(tmp_path: Path, scp: StoreSCP, **kw) -> Router:  # type: ignore[no-untyped-def]
     return Router(
         tmp_path,
-        destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port, "role": "destination"}},
+        destinations={"PACS_MAIN": dest_node("PACS", scp.port)},
         **kw,
     )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.data import make_ct_series, sop_instance_uid
-from tests.support.peers import Router, StoreSCP, wait_until
+from tests.support.peers import Router, StoreSCP, dest_node, wait_until
 from tests.support.sender import RetryingSender
 
 KILLS = 12
@@ -30,21 +30,10 @@ def test_kill9_during_send_and_forward_loses_nothing(tmp_path: Path) -> None:
     router = Router(
         tmp_path,
         destinations={
-            "PACS_MAIN": {
-                "ae_title": "PACS",
-                "host": "127.0.0.1",
-                "port": pacs.port,
-                "role": "destination",
-                "max_associations": 2,
-                "retry": {"base_seconds": 0.2, "cap_seconds": 2},
-            },
-            "ARCHIVE": {
-                "ae_title": "ARCHIVE",
-                "host": "127.0.0.1",
-                "port": archive.port,
-                "role": "destination",
-                "retry": {"base_seconds": 0.2, "cap_seconds": 2},
-            },
+            "PACS_MAIN": dest_node(
+                "PACS", pacs.port, max_associations=2, retry={"base_seconds": 0.2, "cap_seconds": 2}
+            ),
+            "ARCHIVE": dest_node("ARCHIVE", archive.port, retry={"base_seconds": 0.2, "cap_seconds": 2}),
         },
         router_extra={"drain_seconds": 2},
     ).start()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.data import make_ct_series, sop_instance_uid
-from tests.support.peers import Router, StoreSCP
+from tests.support.peers import Router, StoreSCP, dest_node
 
 TMPFS_SIZE = "8m"
 
@@ -19,7 +19,9 @@ TMPFS_SIZE = "8m"
 @pytest.fixture
 def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
     if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs for the spool (CI runs as root)")
+        if os.environ.get("CI"):
+            pytest.fail("CI must run as root: this test mounts a small tmpfs for the spool")
+        pytest.skip("needs root to mount a small tmpfs for the spool (CI runs it as root)")
     mnt = tmp_path / "small"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(mnt)], check=True)
@@ -39,14 +41,12 @@ def test_full_spool_disk_refuses_with_a700_and_recovers(tmp_path: Path, small_di
     router = Router(
         tmp_path,
         destinations={
-            "PACS_MAIN": {
-                "ae_title": "PACS",
-                "host": "127.0.0.1",
-                "port": scp.port,
-                "role": "destination",
-                "retry": {"base_seconds": 0.2, "cap_seconds": 1},
-                "circuit": {"open_after_failures": 2, "probe_seconds": 0.5},
-            }
+            "PACS_MAIN": dest_node(
+                "PACS",
+                scp.port,
+                retry={"base_seconds": 0.2, "cap_seconds": 1},
+                circuit={"open_after_failures": 2, "probe_seconds": 0.5},
+            )
         },
         router_extra={"state_dir": str(small_disk / "state"), "min_free_mb": reserve_mb},
     ).start()

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.support.data import make_ct_series, sop_instance_uid
-from tests.support.peers import REPO, Router, StoreSCP, storescu, wait_until
+from tests.support.peers import REPO, Router, StoreSCP, dest_node, storescu, wait_until
 from tests.support.sender import RetryingSender
 
 
@@ -17,18 +17,13 @@ def test_sighup_adds_a_destination_and_route(tmp_path: Path) -> None:
     archive = StoreSCP(tmp_path, "ARCHIVE").start()
     router = Router(
         tmp_path,
-        destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port, "role": "destination"}},
+        destinations={"PACS_MAIN": dest_node("PACS", pacs.port)},
     ).start()
     try:
         first = make_ct_series(tmp_path / "one", 2, rows=16, cols=16)
         assert storescu(router.port, first).returncode == 0
         router.wait_delivered(2)
-        router.config["nodes"]["ARCHIVE"] = {
-            "ae_title": "ARCHIVE",
-            "host": "127.0.0.1",
-            "port": archive.port,
-            "role": "destination",
-        }
+        router.config["nodes"]["ARCHIVE"] = dest_node("ARCHIVE", archive.port)
         router.config["routes"].append({"name": "ct-archive", "match": {"Modality": "CT"}, "to": ["ARCHIVE"]})
         router.write_config()
         router.reload()
@@ -48,7 +43,7 @@ def test_sigterm_drains_and_loses_nothing(tmp_path: Path) -> None:
     scp = StoreSCP(tmp_path, "PACS").start()
     router = Router(
         tmp_path,
-        destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port, "role": "destination"}},
+        destinations={"PACS_MAIN": dest_node("PACS", scp.port)},
     ).start()
     sender = RetryingSender(router.port, files, give_up_after=120).start()
     wait_until(lambda: len(sender.log.acked) >= 10, 30, "some objects to be acknowledged")
@@ -75,7 +70,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     try:
         router = Router(
             tmp_path,
-            destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": 1, "role": "destination"}},
+            destinations={"PACS_MAIN": dest_node("PACS", 1)},
         )
         router.config["router"]["port"] = blocker.getsockname()[1]
         router.write_config()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.support.data import make_ct_series, sop_instance_uid
-from tests.support.peers import Router, StoreSCP, storescu, wait_until
+from tests.support.peers import Router, StoreSCP, dest_node, storescu, wait_until
 
 
 def test_destination_down_then_back(tmp_path: Path) -> None:
@@ -14,14 +14,12 @@ def test_destination_down_then_back(tmp_path: Path) -> None:
     router = Router(
         tmp_path,
         destinations={
-            "PACS_MAIN": {
-                "ae_title": "PACS",
-                "host": "127.0.0.1",
-                "port": scp.port,
-                "role": "destination",
-                "retry": {"base_seconds": 0.2, "cap_seconds": 1.0},
-                "circuit": {"open_after_failures": 3, "probe_seconds": 0.5},
-            }
+            "PACS_MAIN": dest_node(
+                "PACS",
+                scp.port,
+                retry={"base_seconds": 0.2, "cap_seconds": 1.0},
+                circuit={"open_after_failures": 3, "probe_seconds": 0.5},
+            )
         },
     ).start()
     try:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from tests.support.data import PYDICOM_TEST_FILES, make_ct_series
-from tests.support.peers import Router, StoreSCP, storescu, wait_until
+from tests.support.peers import Router, StoreSCP, dest_node, storescu, wait_until
 
 
 def test_operator_actions_on_a_stuck_destination(tmp_path: Path) -> None:
@@ -16,15 +16,7 @@ def test_operator_actions_on_a_stuck_destination(tmp_path: Path) -> None:
     study_b = make_ct_series(tmp_path / "b", 2, rows=16, cols=16, accession="ACC_B", patient_id="PB")
     router = Router(
         tmp_path,
-        destinations={
-            "PACS_MAIN": {
-                "ae_title": "PACS",
-                "host": "127.0.0.1",
-                "port": scp.port,
-                "role": "destination",
-                "retry": {"base_seconds": 0.2, "cap_seconds": 0.5},
-            }
-        },
+        destinations={"PACS_MAIN": dest_node("PACS", scp.port, retry={"base_seconds": 0.2, "cap_seconds": 0.5})},
     ).start()
     try:
         assert storescu(router.port, study_a + study_b).returncode == 0
@@ -75,7 +67,7 @@ def test_permanent_refusal_fails_at_once_then_cancel_frees_spool(tmp_path: Path)
     scp = StoreSCP(tmp_path, "PACS", accept_all=False).start()
     router = Router(
         tmp_path,
-        destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port, "role": "destination"}},
+        destinations={"PACS_MAIN": dest_node("PACS", scp.port)},
     ).start()
     try:
         jpeg = PYDICOM_TEST_FILES / "JPEG-lossy.dcm"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pydicom
 
 from tests.support.data import bundled_files_storescu_can_send, dataset_bytes, sop_instance_uid
-from tests.support.peers import Orthanc, Router, StoreSCP, storescu, wait_until
+from tests.support.peers import Orthanc, Router, StoreSCP, dest_node, storescu, wait_until
 
 
 def _ts(path: Path) -> str:
@@ -24,19 +24,8 @@ def test_relay_to_storescp_and_orthanc_byte_identical(tmp_path: Path, ct_series_
     router = Router(
         tmp_path,
         destinations={
-            "PACS_MAIN": {
-                "ae_title": "PACS",
-                "host": "127.0.0.1",
-                "port": scp.port,
-                "role": "destination",
-                "max_associations": 2,
-            },
-            "ARCHIVE": {
-                "ae_title": "ORTHANC",
-                "host": "127.0.0.1",
-                "port": orthanc.port,
-                "role": "destination",
-            },
+            "PACS_MAIN": dest_node("PACS", scp.port, max_associations=2),
+            "ARCHIVE": dest_node("ORTHANC", orthanc.port),
         },
         router_extra={"retention": {"keep_sent_hours": 1}},
     ).start()
@@ -93,7 +82,7 @@ def test_compressed_files_relay_unchanged(tmp_path: Path) -> None:
     scp = StoreSCP(tmp_path, "PACS").start()
     router = Router(
         tmp_path,
-        destinations={"PACS_MAIN": {"ae_title": "PACS", "host": "127.0.0.1", "port": scp.port, "role": "destination"}},
+        destinations={"PACS_MAIN": dest_node("PACS", scp.port)},
     ).start()
     try:
         res = router.cli(

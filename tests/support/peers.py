@@ -375,3 +375,8 @@ class Router:
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def dest_node(ae_title: str, port: int, **settings: Any) -> dict[str, Any]:
+    """A destination node on loopback for a Router config; `settings` adds retry, circuit, … as given."""
+    return {"ae_title": ae_title, "host": "127.0.0.1", "port": port, "role": "destination", **settings}
