@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cli_config import add_config_commands
 from .config import DEFAULT_CONFIG_PATH, ConfigError, RouterConfig, load_config
 
 if TYPE_CHECKING:  # the CLI imports pynetdicom and SQLite code only for the commands that need them
@@ -77,23 +78,6 @@ def cmd_run_child(args: argparse.Namespace) -> int:
     from .supervisor import run_child
 
     return run_child(args.process, Path(args.config))
-
-
-# -- config ------------------------------------------------------------------------------------------
-def cmd_config_check(args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    try:
-        cfg = load_config(path)
-    except ConfigError as exc:
-        print(f"{path}: INVALID — {len(exc.problems)} problem(s):", file=sys.stderr)
-        for p in exc.problems:
-            print(f"  {p}", file=sys.stderr)
-        return EXIT_FAIL
-    print(
-        f"{path}: OK — router {cfg.router.ae_title} on {cfg.router.bind}:{cfg.router.port}, "
-        f"{len(cfg.nodes)} node(s), {len(cfg.routes)} route(s)"
-    )
-    return EXIT_OK
 
 
 # -- echo / send -------------------------------------------------------------------------------------
@@ -400,20 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicom-router", description="DICOM store-and-forward router")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("serve", help="run the router daemon (receiver + forwarder)")
+    p = sub.add_parser("serve", help="run the router daemon (receiver + forwarder + scheduler)")
     _add_config(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("_run", help=argparse.SUPPRESS)
-    p.add_argument("process", choices=["receiver", "forwarder"])
+    p.add_argument("process", choices=["receiver", "forwarder", "scheduler"])
     _add_config(p)
     p.set_defaults(func=cmd_run_child)
 
-    p = sub.add_parser("config", help="check configuration files")
-    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    c = csub.add_parser("check", help="validate FILE and print every problem")
-    c.add_argument("file")
-    c.set_defaults(func=cmd_config_check)
+    add_config_commands(sub, _add_config)
 
     p = sub.add_parser("echo", help="C-ECHO a configured node or AE@HOST:PORT")
     p.add_argument("target")

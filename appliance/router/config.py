@@ -9,12 +9,13 @@ from __future__ import annotations
 import difflib
 import enum
 import fnmatch
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydicom.datadict import keyword_dict
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
@@ -201,6 +202,48 @@ class Retention(Strict):
     )
 
 
+class SftpTarget(Strict):
+    """Where off-box backup copies go. The host key must already be in `known_hosts`: never auto-accepted."""
+
+    host: str = Field(min_length=1)
+    port: Port = 22
+    username: str = Field(min_length=1)
+    key_file: Path = Field(description="private key for key authentication (no passwords)")
+    known_hosts: Path = Field(description="known_hosts file holding the server's host key")
+    remote_dir: str = Field(".", description="directory on the server for the bundles")
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class BackupSettings(Strict):
+    dir: Path = Field(Path("backups"), description="local bundle directory; relative = below state_dir")
+    passphrase_file: Path | None = Field(None, description="file holding the passphrase the key is derived from")
+    key_file: Path | None = Field(None, description="file holding a random key (instead of a passphrase)")
+    schedule: str | None = Field(
+        None, description="nightly backup time HH:MM (appliance local time); none = no scheduled backup"
+    )
+    target: Literal["local", "sftp"] = "local"
+    keep_daily: int = Field(7, ge=1, description="keep the newest bundle of each of the last N days")
+    keep_weekly: int = Field(4, ge=0, description="and the newest of each of the last M weeks")
+    sftp: SftpTarget | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _hh_mm(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError(f"schedule '{value}' is not a time like 02:30 (24-hour HH:MM)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BackupSettings:
+        if self.passphrase_file is not None and self.key_file is not None:
+            raise ValueError("set passphrase_file or key_file, not both")
+        if self.target == "sftp" and self.sftp is None:
+            raise ValueError("target is sftp but there is no sftp: block (host, username, key_file, known_hosts)")
+        if self.schedule is not None and self.passphrase_file is None and self.key_file is None:
+            raise ValueError("a scheduled backup needs passphrase_file or key_file to encrypt with")
+        return self
+
+
 class RouterSettings(Strict):
     ae_title: str = "DICOM_ROUTER"
     bind: str = "0.0.0.0"
@@ -219,6 +262,10 @@ class RouterSettings(Strict):
         600.0, gt=0, description="a job claimed longer than this is assumed abandoned and requeued"
     )
     drain_seconds: float = Field(30.0, ge=0, description="on stop, finish in-flight work for this long")
+    disk_warn_percent: float = Field(
+        85.0, gt=0, le=100, description="warn (status, log, audit) when the spool disk is fuller than this"
+    )
+    tls_dir: Path = Field(Path("tls"), description="CA, certificates and keys; relative = next to the config file")
     timeouts: Timeouts = Timeouts()
     retention: Retention = Retention()
 
@@ -232,6 +279,13 @@ class RouterConfig(Strict):
     router: RouterSettings = RouterSettings()
     nodes: dict[str, Node] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
+    backup: BackupSettings = BackupSettings()
+    _source_sha256: str = PrivateAttr("")
+
+    @property
+    def source_sha256(self) -> str:
+        """sha256 of the file this config was loaded from ('' when built in memory)."""
+        return self._source_sha256
 
     # -- derived views ---------------------------------------------------------------------------
     def sources_by_ae(self) -> dict[str, str]:
@@ -258,6 +312,22 @@ class RouterConfig(Strict):
     @property
     def audit_path(self) -> Path:
         return self.router.log_dir / "audit.jsonl"
+
+    @property
+    def history_dir(self) -> Path:
+        return self.router.state_dir / "history"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.backup.dir if self.backup.dir.is_absolute() else self.router.state_dir / self.backup.dir
+
+    @property
+    def scheduler_state_path(self) -> Path:
+        return self.router.state_dir / "scheduler.json"
+
+    @property
+    def supervisor_pid_path(self) -> Path:
+        return self.router.state_dir / "router.pid"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -434,7 +504,14 @@ def load_config(path: Path | str) -> RouterConfig:
     except OSError as exc:
         raise ConfigError(path, [Problem("", f"cannot read the file: {exc.strerror}")]) from None
     cfg = parse_config(text, str(path))
-    return _anchor_relative_dirs(cfg, path.resolve().parent)
+    cfg = _anchor_relative_dirs(cfg, path.resolve().parent)
+    cfg._source_sha256 = config_sha256(text.encode("utf-8"))
+    return cfg
+
+
+def config_sha256(content: bytes) -> str:
+    """The identity of a config version: sha256 of the file's bytes (what history and heartbeats record)."""
+    return hashlib.sha256(content).hexdigest()
 
 
 def load_state_locations(path: Path | str) -> RouterConfig:
@@ -463,16 +540,31 @@ def load_state_locations(path: Path | str) -> RouterConfig:
 
 
 def _anchor_relative_dirs(cfg: RouterConfig, base: Path) -> RouterConfig:
-    """Relative state_dir/log_dir are taken relative to the config file, so every command that reads the
-    same file finds the same state, whatever directory it runs from."""
-    update = {}
-    for key in ("state_dir", "log_dir"):
-        value: Path = getattr(cfg.router, key)
-        if not value.is_absolute():
-            update[key] = (base / value).resolve()
+    """Relative paths (state_dir, log_dir, tls_dir, backup key files) are taken relative to the config
+    file, so every command that reads the same file finds the same state, whatever directory it runs from."""
+
+    def anchored(model: Any, keys: tuple[str, ...]) -> dict[str, Path]:
+        out = {}
+        for key in keys:
+            value: Path | None = getattr(model, key)
+            if value is not None and not value.is_absolute():
+                out[key] = (base / value).resolve()
+        return out
+
+    update: dict[str, Any] = {}
+    router = anchored(cfg.router, ("state_dir", "log_dir", "tls_dir"))
+    if router:
+        update["router"] = cfg.router.model_copy(update=router)
+    backup = anchored(cfg.backup, ("passphrase_file", "key_file"))
+    if cfg.backup.sftp is not None:
+        sftp = anchored(cfg.backup.sftp, ("key_file", "known_hosts"))
+        if sftp:
+            backup["sftp"] = cfg.backup.sftp.model_copy(update=sftp)  # type: ignore[assignment]
+    if backup:
+        update["backup"] = cfg.backup.model_copy(update=backup)
     if not update:
         return cfg
-    return cfg.model_copy(update={"router": cfg.router.model_copy(update=update)})
+    return cfg.model_copy(update=update)
 
 
 def _plain(node: Any) -> Any:

@@ -460,6 +460,15 @@ class Forwarder:
         self.cfg = new
         self.reconcile()
         log(LOG, logging.INFO, "config reloaded", destinations=sorted(self.pools))
+        try:
+            self._heartbeat()  # `config apply` waits for this to confirm the new version runs
+        except sqlite3.Error as exc:
+            log(LOG, logging.WARNING, f"heartbeat not recorded: {exc}")
+
+    def _heartbeat(self) -> None:
+        self.store.heartbeat(
+            "forwarder", self.started_at, time.time(), ",".join(sorted(self.pools)), self.cfg.source_sha256
+        )
 
     def housekeeping(self) -> None:
         now = time.time()
@@ -529,7 +538,7 @@ class Forwarder:
             try:
                 if now - last_beat >= HEARTBEAT_SECONDS:
                     last_beat = now
-                    self.store.heartbeat("forwarder", self.started_at, time.time(), ",".join(sorted(self.pools)))
+                    self._heartbeat()
                 if now - last_house > 30:
                     last_house = now
                     self.housekeeping()

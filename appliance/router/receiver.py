@@ -288,6 +288,7 @@ class Receiver:
         self.routing = _Routing.of(new)
         self.spool.min_free_bytes = int(new.router.min_free_mb * 1e6)
         log(LOG, logging.INFO, "config reloaded", routes=len(new.routes), nodes=len(new.nodes))
+        self._heartbeat()  # `config apply` waits for this to confirm the new version runs
 
     def build_ae(self) -> AE:
         r = self.cfg.router
@@ -352,6 +353,7 @@ class Receiver:
                 self.started_at,
                 time.time(),
                 f"{self.cfg.router.ae_title}@{self.cfg.router.bind}:{self.cfg.router.port}",
+                self.cfg.source_sha256,
             )
         except sqlite3.Error as exc:
             log(LOG, logging.WARNING, f"heartbeat not recorded: {exc}")

@@ -113,7 +113,8 @@ CREATE TABLE IF NOT EXISTS processes (
     host         TEXT NOT NULL,
     started_at   REAL NOT NULL,
     heartbeat_at REAL NOT NULL,
-    detail       TEXT
+    detail       TEXT,
+    config_sha   TEXT
 );
 """
 
@@ -324,6 +325,9 @@ class Store:
         # executescript manages its own transaction; every statement is IF NOT EXISTS.
         conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
         with self._tx():
+            # Added after the first release of the schema: which config version each process runs.
+            if "config_sha" not in {r[1] for r in conn.execute("PRAGMA table_info(processes)")}:
+                conn.execute("ALTER TABLE processes ADD COLUMN config_sha TEXT")
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # -- receiving ------------------------------------------------------------------------------
@@ -771,17 +775,31 @@ class Store:
         return known
 
     # -- processes (heartbeats, so `status` knows what runs) ------------------------------------
-    def heartbeat(self, name: str, started_at: float, now: float, detail: str = "") -> None:
+    def heartbeat(self, name: str, started_at: float, now: float, detail: str = "", config_sha: str = "") -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO processes(name, pid, host, started_at, heartbeat_at, detail) VALUES (?,?,?,?,?,?) "
+                "INSERT INTO processes(name, pid, host, started_at, heartbeat_at, detail, config_sha) "
+                "VALUES (?,?,?,?,?,?,?) "
                 "ON CONFLICT(name) DO UPDATE SET pid = excluded.pid, host = excluded.host, "
-                "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, detail = excluded.detail",
-                (name, os.getpid(), this_host(), started_at, now, detail),
+                "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, detail = excluded.detail, "
+                "config_sha = excluded.config_sha",
+                (name, os.getpid(), this_host(), started_at, now, detail, config_sha),
             )
 
     def processes(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._conn().execute("SELECT * FROM processes ORDER BY name")]
+
+    # -- backups ---------------------------------------------------------------------------------
+    def snapshot_to(self, dest: Path) -> None:
+        """A consistent copy of the whole database while the router runs (SQLite's online backup API:
+        readers and writers carry on; the copy is one point in time)."""
+        dest = Path(dest)
+        target = sqlite3.connect(dest)
+        try:
+            self._conn().backup(target, pages=4096)
+            target.execute("PRAGMA journal_mode=DELETE")  # a single self-contained file in the bundle
+        finally:
+            target.close()
 
     # -- internals ------------------------------------------------------------------------------
     @staticmethod

@@ -6,7 +6,10 @@ SCU associations in one process were seen to take each other's DIMSE responses
 
 Signals: SIGTERM/SIGINT drain both (each finishes in-flight work up to `drain_seconds`); SIGHUP
 validates the config first and forwards the reload only if it is valid, so a bad file never
-reaches a running process.
+reaches a running process. Settings a running process cannot change (listening address, AE title,
+directories) make the reload a drained restart of the children instead.
+
+`router.pid` in the state directory names the supervisor, so `config apply` can signal it.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import threading
 import time
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError, RouterConfig, load_config
 from .logsetup import log, setup_logging
 
 LOG = logging.getLogger("router.supervisor")
 CHILDREN = ("receiver", "forwarder")
 EXIT_CANNOT_LISTEN = 3
 EXIT_BAD_CONFIG = 2
+# Settings a child reads only at start: a reload that changes one restarts the children.
+RESTART_ONLY = ("ae_title", "bind", "port", "state_dir", "log_dir", "max_pdu", "max_associations")
 
 
 def _die_with_parent() -> None:
@@ -47,6 +52,9 @@ class Supervisor:
         self.stop = threading.Event()
         self.hup = threading.Event()
         self.exit_code = 0
+        self.reloaded = False  # after a reload, a child that cannot start is retried, not fatal
+        self.cfg: RouterConfig | None = None
+        self.next_start: dict[str, float] = {}  # child name → when to restart it after a crash
 
     def spawn(self, name: str) -> None:
         cmd = [sys.executable, "-m", "appliance.router", "_run", name, "--config", str(self.config_path)]
@@ -61,12 +69,15 @@ class Supervisor:
             LOG.critical(f"cannot start: {exc}")
             return EXIT_BAD_CONFIG
         setup_logging("supervisor", cfg.router.log_dir)
+        self.cfg = cfg
+        pid_path = cfg.supervisor_pid_path
+        pid_path.parent.mkdir(parents=True, exist_ok=True)
+        pid_path.write_text(f"{os.getpid()}\n")
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self.hup.set())
         for name in CHILDREN:
             self.spawn(name)
-        next_start: dict[str, float] = {}
         while not self.stop.wait(0.2):
             if self.hup.is_set():
                 self.hup.clear()
@@ -75,7 +86,7 @@ class Supervisor:
                 code = proc.poll()
                 if code is None:
                     continue
-                if code in (EXIT_CANNOT_LISTEN, EXIT_BAD_CONFIG):
+                if code in (EXIT_CANNOT_LISTEN, EXIT_BAD_CONFIG) and not self.reloaded:
                     log(
                         LOG,
                         logging.CRITICAL,
@@ -84,26 +95,42 @@ class Supervisor:
                     self.exit_code = code
                     self.stop.set()
                     break
-                if name not in next_start:
+                if name not in self.next_start:
                     self.restarts[name] += 1
                     delay = min(30.0, 2.0 ** min(self.restarts[name], 5) / 2)
-                    next_start[name] = time.monotonic() + delay
+                    self.next_start[name] = time.monotonic() + delay
                     log(
                         LOG,
                         logging.ERROR,
                         f"{name} exited unexpectedly (code {code}); restarting in {delay:g} s",
                         restarts=self.restarts[name],
                     )
-                elif time.monotonic() >= next_start[name]:
-                    del next_start[name]
+                elif time.monotonic() >= self.next_start[name]:
+                    del self.next_start[name]
                     self.spawn(name)
-        return self._shutdown(cfg.router.drain_seconds)
+        code = self._shutdown(cfg.router.drain_seconds)
+        try:
+            if pid_path.read_text().strip() == str(os.getpid()):
+                pid_path.unlink()
+        except OSError:
+            pass
+        return code
 
     def _reload(self) -> None:
         try:
-            load_config(self.config_path)
+            new = load_config(self.config_path)
         except ConfigError as exc:
             log(LOG, logging.ERROR, f"SIGHUP: the new config is invalid, keeping the running one: {exc}")
+            return
+        old, self.cfg = self.cfg, new
+        self.reloaded = True
+        changed = [k for k in RESTART_ONLY if old is not None and getattr(old.router, k) != getattr(new.router, k)]
+        if changed:
+            log(LOG, logging.INFO, f"SIGHUP: router.{', router.'.join(changed)} changed: restarting the children")
+            self._stop_children(new.router.drain_seconds)
+            self.next_start.clear()
+            for name in CHILDREN:
+                self.spawn(name)
             return
         for proc in self.procs.values():
             if proc.poll() is None:
@@ -111,6 +138,11 @@ class Supervisor:
         log(LOG, logging.INFO, "SIGHUP: config valid, reload passed to receiver and forwarder")
 
     def _shutdown(self, drain_seconds: float) -> int:
+        self._stop_children(drain_seconds)
+        log(LOG, logging.INFO, "router stopped")
+        return self.exit_code
+
+    def _stop_children(self, drain_seconds: float) -> None:
         log(LOG, logging.INFO, f"stopping: draining in-flight work for up to {drain_seconds:g} s")
         for proc in self.procs.values():
             if proc.poll() is None:
@@ -123,8 +155,6 @@ class Supervisor:
                 log(LOG, logging.WARNING, f"{name} did not stop in time; killing it")
                 proc.kill()
                 proc.wait()
-        log(LOG, logging.INFO, "router stopped")
-        return self.exit_code
 
 
 def run_child(name: str, config_path: Path) -> int:
