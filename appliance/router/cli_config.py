@@ -164,7 +164,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         mark = "*" if v.version == live_v else " "
         extra = f" (rollback to {v.rollback_of})" if v.rollback_of else ""
         extra += " [FORCED over drift]" if v.forced else ""
-        extra += f" — {v.error}" if v.error else ""
+        extra += f" — {v.error.splitlines()[0]}" if v.error else ""
         print(
             f"{mark} {v.version:>4}  {v.time:<20} {v.outcome:<8} {v.source:<8} {v.author[:12]:<12} "
             f"{(v.ticket or '-')[:10]:<10} {v.sha256[:7]} {v.reason}{extra}"

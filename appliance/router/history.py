@@ -38,10 +38,11 @@ CONFIRM_EXTRA_SECONDS = 30.0  # on top of drain_seconds: how long a reload may t
 class ApplyError(Exception):
     """The change was not applied; the message says why and what to do. The live config is unchanged."""
 
-    def __init__(self, message: str, *, drift: bool = False, problems: list[str] | None = None):
+    def __init__(self, message: str, *, drift: bool = False, problems: list[str] | None = None, recorded: bool = False):
         super().__init__(message)
         self.drift = drift
         self.problems = problems or []
+        self.recorded = recorded  # already in the history (or not a change attempt at all)
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,9 @@ class History:
                 except BlockingIOError:
                     if time.monotonic() > deadline:
                         raise ApplyError(
-                            f"another config change holds {self.dir / '.lock'} for over {timeout:g} s; "
-                            "wait for it to finish (or find the stuck `dicom-router config` process) and retry"
+                            recorded=True,
+                            message=f"another config change holds {self.dir / '.lock'} for over {timeout:g} s; "
+                            "wait for it to finish (or find the stuck `dicom-router config` process) and retry",
                         ) from None
                     time.sleep(0.2)
             yield
@@ -322,12 +324,51 @@ def apply_config(
     label: str = "the new config",
     confirm_timeout: float | None = None,
 ) -> ApplyResult:
-    """Validate → drift check → record → write atomically → reload → confirm → audit. See the module doc."""
+    """Validate → drift check → record → write atomically → reload → confirm → audit. See the module doc.
+
+    A refused or failed attempt (invalid file, drift, …) is recorded in the history too, unless `check`."""
     if req.source not in SOURCES:
         raise ApplyError(f"source must be one of {', '.join(SOURCES)}, not '{req.source}'")
     if not req.reason.strip():
         raise ApplyError("a reason is required (--reason): the history must say why the config changed")
     config_path = Path(config_path)
+    try:
+        return _apply(config_path, content, req, check, label, confirm_timeout)
+    except ApplyError as exc:
+        if not check and not exc.recorded:
+            _record_refusal(config_path, content, req, exc)
+        raise
+
+
+def _record_refusal(config_path: Path, content: bytes, req: ChangeRequest, exc: ApplyError) -> None:
+    try:
+        cfg = load_state_locations(config_path)
+    except ConfigError:
+        return  # no readable live config: nowhere to record it
+    history = History(cfg.history_dir)
+    outcome = "refused" if exc.drift else "failed"
+    with history.locked():
+        meta = history.record(
+            content,
+            Version(
+                0, config_sha256(content), _now_iso(), req.author, req.reason, req.source, outcome,
+                ticket=req.ticket, rollback_of=req.rollback_of, host=this_host(), error=str(exc),
+            ),
+        )  # fmt: skip
+    AuditLog(cfg.audit_path, "cli").record(
+        "config.apply", "failure", version=meta.version, sha256=meta.sha256, author=req.author,
+        ticket=req.ticket, reason=req.reason, source=req.source, error=str(exc).splitlines()[0],
+    )  # fmt: skip
+
+
+def _apply(
+    config_path: Path,
+    content: bytes,
+    req: ChangeRequest,
+    check: bool,
+    label: str,
+    confirm_timeout: float | None,
+) -> ApplyResult:
     new_cfg = _validate(content, label, config_path)
     new_sha = config_sha256(content)
     try:
@@ -444,7 +485,7 @@ def apply_config(
             meta.outcome, meta.error = "failed", f"could not write {config_path}: {exc.strerror}"
             history.update(meta)
             audit.record("config.apply", "failure", error=meta.error, **audit_fields)
-            raise ApplyError(f"{meta.error}; the previous config stays live") from None
+            raise ApplyError(f"{meta.error}; the previous config stays live", recorded=True) from None
         pid = daemon_pid(new_cfg)
         if pid is None:
             meta.daemon = "not running: takes effect when the router starts"
@@ -463,7 +504,8 @@ def apply_config(
                 audit.record("config.apply", "failure", error=problem, **audit_fields)
                 raise ApplyError(
                     f"version {meta.version} was NOT applied: {problem}. The previous config "
-                    f"({(live_sha or 'none')[:12]}) was put back" + ("" if back is None else f"; {back}")
+                    f"({(live_sha or 'none')[:12]}) was put back" + ("" if back is None else f"; {back}"),
+                    recorded=True,
                 )
             meta.daemon = f"reloaded (pid {pid})"
         meta.outcome = "applied"

@@ -98,7 +98,13 @@ def test_invalid_config_is_refused_with_every_problem_and_nothing_changes(live: 
         apply_config(live, bad, req())
     assert len(err.value.problems) == 2
     assert "PACS_MAIN" in str(err.value) and "99999" in str(err.value) and "nothing was changed" in str(err.value)
-    assert live.read_bytes() == cfg_text() and history_of(live).versions() == []
+    assert live.read_bytes() == cfg_text()
+    # The attempt is in the history (and the audit trail) as failed, with what was wrong.
+    (attempt,) = history_of(live).versions()
+    assert attempt.outcome == "failed" and "PACS_MAIN" in (attempt.error or "") and attempt.author == "alice"
+    assert history_of(live).content(attempt.version) == bad
+    assert audit_events(live)[-1]["event"] == "config.apply" and audit_events(live)[-1]["outcome"] == "failure"
+    assert live_state(live).version is None  # a failed attempt never counts as live
 
 
 def test_reason_is_required(live: Path) -> None:
@@ -125,6 +131,7 @@ def test_drift_from_expected_parent_is_refused_with_who_changed_what(live: Path)
     assert "-  port: 11113" in msg and "+  port: 11114" in msg
     assert "--force" in msg
     assert live.read_bytes() == cfg_text(11114)
+    assert history_of(live).versions()[-1].outcome == "refused"
 
     forced = apply_config(
         live, cfg_text(11115), req(source="ansible", expect_parent=ansible.sha256, force=True, reason="override")
