@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cli_backup import add_backup_commands
 from .cli_config import add_config_commands
 from .config import DEFAULT_CONFIG_PATH, ConfigError, RouterConfig, load_config
 
@@ -150,7 +151,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .status import collect, render
 
     cfg = _load_for_state(args)
-    report = collect(cfg, _store(cfg))
+    report = collect(cfg, _store(cfg), config_path=Path(args.config))
     if args.json:
         _print_json(report)
     else:
@@ -394,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run_child)
 
     add_config_commands(sub, _add_config)
+    add_backup_commands(sub, _add_config)
 
     p = sub.add_parser("echo", help="C-ECHO a configured node or AE@HOST:PORT")
     p.add_argument("target")

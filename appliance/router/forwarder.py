@@ -36,7 +36,6 @@ IDLE_RECHECK_SECONDS = 1.0  # an idle worker re-checks the queue this often even
 IDLE_RELEASE_SECONDS = 5.0  # release an association left unused this long
 HEARTBEAT_SECONDS = 5.0  # how often `status` learns this process is alive (a small SQLite write)
 BUSY_PEER_WAIT_SECONDS = 10.0  # an extra worker whose association the peer would not take waits this long
-ORPHAN_MIN_AGE_SECONDS = 600  # a spool file the queue does not know, older than this, is removed
 
 
 class Circuit:
@@ -471,35 +470,11 @@ class Forwarder:
         )
 
     def housekeeping(self) -> None:
-        now = time.time()
-        n = self.store.recover_abandoned(now, live_claimants_prefix=f"{this_host()}:{os.getpid()}:")
+        """Requeue claims whose lease ran out. Here, not in the scheduler: only this process knows which
+        claims are its own live sends. (Spool retention and the orphan sweep are scheduler jobs.)"""
+        n = self.store.recover_abandoned(time.time(), live_claimants_prefix=f"{this_host()}:{os.getpid()}:")
         if n:
             log(LOG, logging.WARNING, f"requeued {n} job(s) whose claim lease ran out")
-        keep_s = self.cfg.router.retention.keep_sent_hours * 3600
-        keys = self.store.spool_keys_to_delete(now - keep_s)
-        for key in keys:
-            self.spool.delete(key)
-        self.store.mark_spool_deleted(keys)
-
-    def sweep_orphans(self) -> int:
-        """Remove spool files the queue does not need: a crash between rename and commit, or after delete."""
-        cutoff = time.time() - ORPHAN_MIN_AGE_SECONDS
-        candidates = []
-        for key in self.spool.keys():  # noqa: SIM118 - Spool is not a mapping
-            try:
-                if self.spool.path(key).stat().st_mtime < cutoff:
-                    candidates.append(key)
-            except FileNotFoundError:
-                continue
-        needed = self.store.known_spool_keys(candidates)
-        removed = 0
-        for key in candidates:
-            if key not in needed:
-                self.spool.delete(key)
-                removed += 1
-        if removed:
-            log(LOG, logging.INFO, f"removed {removed} spool file(s) no job needs")
-        return removed
 
     def serve(self) -> int:
         self.spool.init()
@@ -529,7 +504,6 @@ class Forwarder:
         )
         last_house = 0.0
         last_beat = 0.0
-        last_orphans = 0.0
         while not self.stop.wait(1.0):
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
@@ -542,9 +516,6 @@ class Forwarder:
                 if now - last_house > 30:
                     last_house = now
                     self.housekeeping()
-                if now - last_orphans > 3600:
-                    last_orphans = now
-                    self.sweep_orphans()
             except sqlite3.Error as exc:
                 log(LOG, logging.WARNING, f"housekeeping skipped: {exc}")
         if doorbell is not None:

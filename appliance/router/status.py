@@ -1,15 +1,21 @@
-"""`dicom-router status`: what an on-call person needs first, read straight from the queue database."""
+"""`dicom-router status`: what an on-call person needs first, read straight from the queue database
+and the scheduler's job state file."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from .config import RouterConfig
+from .scheduled_jobs import DiskUsage, disk_alert
 from .spool import Spool
 from .store import JobState, Store
+from .supervisor import CHILDREN
 
 HEARTBEAT_STALE_SECONDS = 20
+JOB_STATE_STALE_SECONDS = 300  # the scheduler rewrites it at least every 30 s while it runs
 
 
 def _age(seconds: float | None) -> str:
@@ -25,7 +31,39 @@ def _age(seconds: float | None) -> str:
     return f"{s // 86400}d{(s % 86400) // 3600}h"
 
 
-def collect(cfg: RouterConfig, store: Store, now: float | None = None) -> dict[str, Any]:
+def config_report(config_path: Path, cfg: RouterConfig) -> dict[str, Any]:
+    """Which config version is live, whether the file drifted from the history, whether the router runs it."""
+    from .history import live_state
+
+    state = live_state(config_path, cfg)
+    v = state.version
+    report: dict[str, Any] = {
+        "path": str(config_path),
+        "sha256": state.sha256,
+        "version": v.version if v and not state.drifted else None,
+        "applied_by": None if v is None else f"{v.source} by {v.author}",
+        "applied_at": None if v is None else v.time,
+        "drifted": state.drifted and v is not None,
+        "recorded": v is not None,
+        "router_runs_it": state.daemon_runs_live,
+        "problems": [],
+    }
+    if report["drifted"]:
+        report["problems"].append(
+            f"config {config_path} was edited outside `config apply` (differs from version {v.version if v else '?'}); "
+            "see `dicom-router config status`"
+        )
+    if state.daemon_runs_live is False and state.running:
+        report["problems"].append(
+            "the router runs a different config than the live file (a reload failed or is in progress); "
+            "see `dicom-router config status` and the service log"
+        )
+    return report
+
+
+def collect(
+    cfg: RouterConfig, store: Store, now: float | None = None, config_path: Path | None = None
+) -> dict[str, Any]:
     now = time.time() if now is None else now
     processes: dict[str, dict[str, Any]] = {}
     for p in store.processes():
@@ -37,6 +75,7 @@ def collect(cfg: RouterConfig, store: Store, now: float | None = None) -> dict[s
             "heartbeat_age_seconds": round(age, 1),
             "started_at": p["started_at"],
             "detail": p["detail"],
+            "config_sha": p.get("config_sha"),
         }
     stats = store.destination_stats(now)
     destinations: list[dict[str, Any]] = []
@@ -65,7 +104,7 @@ def collect(cfg: RouterConfig, store: Store, now: float | None = None) -> dict[s
     usage = spool.disk_usage() if cfg.spool_dir.exists() else None
     inst = store.instance_counts()
     problems = []
-    for name in ("receiver", "forwarder"):
+    for name in CHILDREN:
         proc = processes.get(name)
         if proc is None or not proc["running"]:
             problems.append(f"{name} is not running (no heartbeat)")
@@ -78,14 +117,12 @@ def collect(cfg: RouterConfig, store: Store, now: float | None = None) -> dict[s
             problems.append(f"{d['name']} has {d['backlog']} queued job(s) but is no longer in the config")
     if inst["unrouted"]:
         problems.append(f"{inst['unrouted']} object(s) matched no route (kept; see `queue ls --state unrouted`)")
-    reserve = cfg.router.min_free_mb * 1e6
-    if usage and usage.free < reserve:
-        problems.append(
-            f"spool disk has {usage.free / 1e6:.0f} MB free, below the {reserve / 1e6:.0f} MB reserve: senders are "
-            "refused with 0xA700 until forwarding or an operator frees space"
-        )
-    elif usage and usage.free / usage.total < 0.10:
-        problems.append(f"spool disk {100 * usage.used / usage.total:.0f}% full")
+    problems += _disk_problems(cfg, usage)
+    scheduler = scheduler_report(cfg, processes.get("scheduler"), now)
+    problems += scheduler_problems(scheduler)
+    config = config_report(config_path, cfg) if config_path is not None else None
+    if config is not None:
+        problems += config["problems"]
     return {
         "time": now,
         "router": {"ae_title": cfg.router.ae_title, "bind": cfg.router.bind, "port": cfg.router.port},
@@ -101,8 +138,73 @@ def collect(cfg: RouterConfig, store: Store, now: float | None = None) -> dict[s
             "free_bytes": usage.free,
             "spooled_bytes": inst["spooled_bytes"],
         },
+        "scheduler": scheduler,
+        "config": config,
         "problems": problems,
     }
+
+
+def _disk_problems(cfg: RouterConfig, usage: Any) -> list[str]:
+    if not usage:
+        return []
+    alert = disk_alert(
+        DiskUsage(usage.total, usage.used, usage.free), cfg.router.disk_warn_percent, cfg.router.min_free_mb
+    )
+    return [alert.message] if alert else []
+
+
+def scheduler_report(cfg: RouterConfig, proc: dict[str, Any] | None, now: float) -> dict[str, Any]:
+    """The scheduler's jobs and warnings as it last wrote them (scheduler.json), with ages for people."""
+    path = cfg.scheduler_state_path
+    report: dict[str, Any] = {
+        "state_file": str(path),
+        "running": bool(proc and proc["running"]),
+        "available": False,
+        "note": None,
+        "state_age_seconds": None,
+        "jobs": [],
+        "warnings": [],
+    }
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        jobs = list(state["jobs"])
+        warnings = list(state.get("warnings", []))
+        written_at = float(state["written_at"])
+    except FileNotFoundError:
+        report["note"] = f"no job state yet ({path} does not exist)"
+        return report
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        report["note"] = f"job state {path} is unreadable: {exc}"
+        return report
+    for job in jobs:
+        last, nxt = job.get("last_run"), job.get("next_run")
+        job["last_run_age_seconds"] = None if last is None else round(now - last, 1)
+        job["next_run_in_seconds"] = None if nxt is None else round(nxt - now, 1)
+        job["running_for_seconds"] = round(now - job["running_since"], 1) if job.get("running_since") else None
+    age = now - written_at
+    report.update(available=True, state_age_seconds=round(age, 1), jobs=jobs, warnings=warnings)
+    if not report["running"]:
+        report["note"] = f"as last written {_age(age)} ago: the scheduler is not running"
+    elif age > JOB_STATE_STALE_SECONDS:
+        report["note"] = f"job state not updated for {_age(age)} although the scheduler runs (see its log)"
+    return report
+
+
+def scheduler_problems(report: dict[str, Any]) -> list[str]:
+    problems = []
+    if report["running"] and report["note"]:
+        problems.append(f"scheduler: {report['note']}")
+    for job in report["jobs"]:
+        if job.get("last_outcome") == "failed":
+            n = job.get("consecutive_failures") or 1
+            times = f" {n} times in a row" if n > 1 else ""
+            problems.append(
+                f"scheduled job {job['name']} failed{times} (last {_age(job['last_run_age_seconds'])} ago): "
+                f"{job.get('last_error')}"
+            )
+    # The disk is checked live above; the scheduler's copy of that warning would only repeat it.
+    problems += [w["message"] for w in report["warnings"] if w.get("source") != "disk-watermark"]
+    return problems
 
 
 def render(report: dict[str, Any]) -> str:
@@ -118,7 +220,13 @@ def render(report: dict[str, Any]) -> str:
         return f"{name}: {state} (pid {p['pid']}, heartbeat {_age(p['heartbeat_age_seconds'])} ago)"
 
     lines.append(f"Router {r['ae_title']} on {r['bind']}:{r['port']}")
-    lines.append("  " + "   ".join(proc_line(n) for n in ("receiver", "forwarder")))
+    conf = report.get("config")
+    if conf:
+        if conf["version"] is not None:
+            lines.append(f"  config version {conf['version']} ({conf['applied_by']}, {conf['applied_at']})")
+        elif not conf["recorded"]:
+            lines.append("  config not yet recorded in the history (first `config apply` records it)")
+    lines += ["  " + proc_line(n) for n in CHILDREN]
     if report["problems"]:
         lines.append("")
         lines.append("PROBLEMS")
@@ -147,4 +255,27 @@ def render(report: dict[str, Any]) -> str:
             f"  spool disk {sp['path']}: {sp['used_bytes'] / sp['total_bytes'] * 100:.0f}% used, "
             f"{sp['free_bytes'] / 1e9:.1f} GB free"
         )
+    lines += _render_jobs(report["scheduler"])
     return "\n".join(lines)
+
+
+def _render_jobs(sched: dict[str, Any]) -> list[str]:
+    lines = ["", f"  {'SCHEDULED JOB':<16} {'LAST RUN':>9} {'OUTCOME':<8} {'NEXT RUN':>9}  RESULT"]
+    for j in sched["jobs"]:
+        last = j["last_run_age_seconds"]
+        nxt = j["next_run_in_seconds"]
+        outcome = "FAILED" if j.get("last_outcome") == "failed" else (j.get("last_outcome") or "-")
+        if j.get("running_since"):
+            outcome = "running"
+        detail = j.get("last_error") if outcome == "FAILED" else j.get("last_result")
+        lines.append(
+            f"  {j['name']:<16} {'-' if last is None else _age(last) + ' ago':>9} {outcome:<8} "
+            f"{'-' if nxt is None else 'in ' + _age(max(0.0, nxt)):>9}  {_clip(detail or '', 70)}"
+        )
+    if sched["note"]:
+        lines.append(f"  ({sched['note']})")
+    return lines
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

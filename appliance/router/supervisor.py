@@ -1,10 +1,12 @@
-"""`dicom-router serve`: runs the receiver and the forwarder as two child processes and keeps them up.
+"""`dicom-router serve`: runs the receiver, the forwarder and the scheduler as child processes and keeps them up.
 
-Why two processes: one Python process is GIL-bound for DICOM relaying, and pynetdicom 3.0.4 SCP and
+Why separate processes: one Python process is GIL-bound for DICOM relaying, and pynetdicom 3.0.4 SCP and
 SCU associations in one process were seen to take each other's DIMSE responses
-(shared/notes/dicom-relay-facts.md). The two coordinate only through the queue database.
+(shared/notes/dicom-relay-facts.md). The scheduler (periodic jobs: backup, spool retention, disk and
+certificate checks) runs apart so a slow job never stalls receiving or sending. They coordinate only
+through the queue database and the spool.
 
-Signals: SIGTERM/SIGINT drain both (each finishes in-flight work up to `drain_seconds`); SIGHUP
+Signals: SIGTERM/SIGINT drain all (each finishes in-flight work up to `drain_seconds`); SIGHUP
 validates the config first and forwards the reload only if it is valid, so a bad file never
 reaches a running process. Settings a running process cannot change (listening address, AE title,
 directories) make the reload a drained restart of the children instead.
@@ -28,7 +30,7 @@ from .config import ConfigError, RouterConfig, load_config
 from .logsetup import log, setup_logging
 
 LOG = logging.getLogger("router.supervisor")
-CHILDREN = ("receiver", "forwarder")
+CHILDREN = ("receiver", "forwarder", "scheduler")
 EXIT_CANNOT_LISTEN = 3
 EXIT_BAD_CONFIG = 2
 # Settings a child reads only at start: a reload that changes one restarts the children.
@@ -135,7 +137,7 @@ class Supervisor:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGHUP)
-        log(LOG, logging.INFO, "SIGHUP: config valid, reload passed to receiver and forwarder")
+        log(LOG, logging.INFO, f"SIGHUP: config valid, reload passed to {', '.join(CHILDREN)}")
 
     def _shutdown(self, drain_seconds: float) -> int:
         self._stop_children(drain_seconds)
@@ -175,4 +177,8 @@ def run_child(name: str, config_path: Path) -> int:
         from .forwarder import Forwarder
 
         return Forwarder(config_path, cfg).serve()
+    if name == "scheduler":
+        from .scheduler import SchedulerProcess
+
+        return SchedulerProcess(config_path, cfg).serve()
     raise SystemExit(f"unknown process {name}")

@@ -27,7 +27,7 @@ def test_sighup_adds_a_destination_and_route(tmp_path: Path) -> None:
         router.config["routes"].append({"name": "ct-archive", "match": {"Modality": "CT"}, "to": ["ARCHIVE"]})
         router.write_config()
         router.reload()
-        wait_until(lambda: router.log_text().count("config reloaded") >= 2, 15, "both processes to reload")
+        wait_until(lambda: router.log_text().count("config reloaded") >= 3, 15, "all three processes to reload")
         second = make_ct_series(tmp_path / "two", 3, rows=16, cols=16)
         assert storescu(router.port, second).returncode == 0
         router.wait_delivered(2 + 3 + 3)

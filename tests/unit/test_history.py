@@ -223,3 +223,22 @@ def test_cli_exit_codes_for_invalid_and_drift(live: Path, tmp_path: Path) -> Non
     res = run_cli("config", "apply", str(good), "--reason", "x", "--check", "--json", "--config", str(live))
     assert res.returncode == 0 and json.loads(res.stdout)["outcome"] == "checked"
     assert live.read_bytes() == cfg_text()
+
+
+def test_status_shows_the_config_version_and_a_hand_edit_as_a_problem(live: Path) -> None:
+    from appliance.router.config import load_config
+    from appliance.router.status import collect, render
+    from appliance.router.store import Store
+
+    apply_config(live, cfg_text(11113), req(source="ansible", author="it"))
+    cfg = load_config(live)
+    store = Store(cfg.db_path)
+    store.init()
+    report = collect(cfg, store, config_path=live)
+    assert report["config"]["version"] == 2 and report["config"]["applied_by"] == "ansible by it"
+    assert "config version 2 (ansible by it" in render(report)
+    assert not [p for p in report["problems"] if "config" in p]
+    live.write_bytes(cfg_text(11113) + b"# hand edit\n")
+    report = collect(load_config(live), store, config_path=live)
+    assert report["config"]["drifted"]
+    assert any("edited outside `config apply`" in p for p in report["problems"])
