@@ -23,8 +23,7 @@ from typing import Any
 from . import bundle_crypto as bc
 from .audit import AuditLog
 from .backup import QUEUE_MEMBER, BackupError, BundleContents, human_size, read_bundle
-from .config import ConfigError, RouterConfig, load_config, load_state_locations, parse_config
-from .config import _anchor_relative_dirs as anchor_relative_dirs
+from .config import ConfigError, RouterConfig, load_config, load_state_locations, parse_config_for
 from .fsutil import fsync_dir
 from .history import ApplyError, ChangeRequest, apply_config, daemon_pid, unified_diff
 from .store import JobState, Store
@@ -207,10 +206,10 @@ class RestorePlan:
 def _bundle_config(contents: BundleContents, work: Path, config_path: Path) -> tuple[bytes, RouterConfig]:
     content = (work / contents.config_member).read_bytes()
     try:
-        cfg = parse_config(content.decode("utf-8"), f"the config in {contents.name}")
+        cfg = parse_config_for(content.decode("utf-8"), config_path, f"the config in {contents.name}")
     except (ConfigError, UnicodeDecodeError) as exc:
         raise BackupError(f"the config in {contents.name} is not valid for this dicom-router version: {exc}") from None
-    return content, anchor_relative_dirs(cfg, config_path.resolve().parent)
+    return content, cfg
 
 
 def prepare(config_path: Path, bundle_path: Path, secret: bc.Secret, *, config_only: bool) -> RestorePlan:

@@ -503,8 +503,13 @@ def load_config(path: Path | str) -> RouterConfig:
         raise ConfigError(path, [Problem("", "file not found: pass --config FILE or create it")]) from None
     except OSError as exc:
         raise ConfigError(path, [Problem("", f"cannot read the file: {exc.strerror}")]) from None
-    cfg = parse_config(text, str(path))
-    cfg = _anchor_relative_dirs(cfg, path.resolve().parent)
+    return parse_config_for(text, path, str(path))
+
+
+def parse_config_for(text: str, live_path: Path, source: str) -> RouterConfig:
+    """Parse `text` as if it were the file at `live_path`: relative paths resolve next to that file.
+    (`config apply` and `backup restore` check a candidate that will become the live file.)"""
+    cfg = _anchor_relative_dirs(parse_config(text, source), Path(live_path).resolve().parent)
     cfg._source_sha256 = config_sha256(text.encode("utf-8"))
     return cfg
 
@@ -528,7 +533,7 @@ def load_state_locations(path: Path | str) -> RouterConfig:
     router = doc.get("router") if isinstance(doc, dict) else None
     router = router if isinstance(router, dict) else {}
     keep = {}
-    for key in ("state_dir", "log_dir", "ae_title", "bind", "port", "min_free_mb"):
+    for key in ("state_dir", "log_dir", "tls_dir", "ae_title", "bind", "port", "min_free_mb", "disk_warn_percent"):
         if key in router:
             try:
                 RouterSettings.model_validate({key: router[key]})

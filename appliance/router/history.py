@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .audit import AuditLog
-from .config import ConfigError, RouterConfig, config_sha256, load_state_locations, parse_config
-from .config import _anchor_relative_dirs as anchor_relative_dirs
+from .config import ConfigError, RouterConfig, config_sha256, load_state_locations, parse_config_for
 from .fsutil import atomic_write_bytes
 from .store import Store, this_host
 
@@ -254,7 +253,7 @@ def _validate(content: bytes, label: str, live_path: Path) -> RouterConfig:
     except UnicodeDecodeError as exc:
         raise ApplyError(f"{label} is not UTF-8 text (byte {exc.start}); save it as UTF-8 and retry") from None
     try:
-        cfg = parse_config(text, label)
+        return parse_config_for(text, live_path, label)
     except ConfigError as exc:
         problems = [str(p) for p in exc.problems]
         raise ApplyError(
@@ -262,7 +261,6 @@ def _validate(content: bytes, label: str, live_path: Path) -> RouterConfig:
             + "\n".join(f"  {p}" for p in problems),
             problems=problems,
         ) from None
-    return anchor_relative_dirs(cfg, live_path.resolve().parent)
 
 
 def _drift_report(history: History, live: bytes | None, live_sha: str | None, expected: str) -> str:
