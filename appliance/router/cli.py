@@ -7,15 +7,15 @@ so all of them work while the daemon runs.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .cli_backup import add_backup_commands
+from .cli_common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, load_or_exit, print_json
 from .cli_config import add_config_commands
 from .config import DEFAULT_CONFIG_PATH, ConfigError, RouterConfig, load_config
 
@@ -23,16 +23,7 @@ if TYPE_CHECKING:  # the CLI imports pynetdicom and SQLite code only for the com
     from .scu import Peer
     from .store import JobFilter, Store
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 AUDIT_MAX_JOBS = 500  # an operator action names at most this many jobs in its audit entry
-
-
-def _load(args: argparse.Namespace) -> RouterConfig:
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
 
 
 def _load_for_state(args: argparse.Namespace) -> RouterConfig:
@@ -63,11 +54,6 @@ def _duration(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
-def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
-
-
 # -- serve / internal --------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     from .supervisor import Supervisor
@@ -94,7 +80,7 @@ def _optional_config(args: argparse.Namespace) -> RouterConfig | None:
     path = Path(args.config)
     if not path.exists() and args.config == str(DEFAULT_CONFIG_PATH):
         return None
-    return _load(args)
+    return load_or_exit(args)
 
 
 def _peer_and_own_ae(args: argparse.Namespace, target: str) -> tuple[Peer, str]:
@@ -114,7 +100,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
     peer, own = _peer_and_own_ae(args, args.target)
     result = echo(own, peer)
     if args.json:
-        _print_json({"ok": result.ok, "seconds": round(result.seconds, 4), "message": result.message})
+        print_json({"ok": result.ok, "seconds": round(result.seconds, 4), "message": result.message})
     else:
         print(("OK: " if result.ok else "FAILED: ") + result.message)
     return EXIT_OK if result.ok else EXIT_FAIL
@@ -126,7 +112,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     peer, own = _peer_and_own_ae(args, args.to)
     report = send_paths(own, peer, [Path(p) for p in args.paths])
     if args.json:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
     else:
         print(report.summary())
         for line in report.failures[:50]:
@@ -153,7 +139,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load_for_state(args)
     report = collect(cfg, _store(cfg), config_path=Path(args.config))
     if args.json:
-        _print_json(report)
+        print_json(report)
     else:
         print(render(report))
     return EXIT_OK
@@ -188,7 +174,7 @@ def cmd_queue_ls(args: argparse.Namespace) -> int:
     if args.state == UNROUTED:
         rows = store.list_unrouted(limit=args.limit, offset=args.offset)
         if args.json:
-            _print_json(rows)
+            print_json(rows)
         else:
             print(f"{len(rows)} unrouted object(s) (matched no route; kept on disk):")
             for r in rows:
@@ -206,7 +192,7 @@ def cmd_queue_ls(args: argparse.Namespace) -> int:
     total = store.count_jobs(flt)
     jobs = store.list_jobs(flt, limit=args.limit, offset=args.offset)
     if args.json:
-        _print_json({"total": total, "jobs": [j.as_dict() for j in jobs]})
+        print_json({"total": total, "jobs": [j.as_dict() for j in jobs]})
         return EXIT_OK
     print(f"{total} job(s) match; showing {len(jobs)} from {args.offset}")
     print(
@@ -231,7 +217,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     events = store.job_events(job.id)
     if args.json:
-        _print_json({"job": job.as_dict(), "events": events})
+        print_json({"job": job.as_dict(), "events": events})
         return EXIT_OK
     d = job.as_dict()
     for k in (
@@ -323,7 +309,7 @@ def cmd_queue_action(args: argparse.Namespace) -> int:
     )
     out = {"action": action, "changed": res.changed, "skipped": res.skipped, "operator": operator}
     if args.json:
-        _print_json(out)
+        print_json(out)
     else:
         msg = f"{action}: {res.changed} job(s) changed"
         if res.skipped:
@@ -337,7 +323,7 @@ def cmd_queue_route(args: argparse.Namespace) -> int:
     from .config import Priority
     from .wakeup import Doorbell, socket_path
 
-    cfg = _load(args)
+    cfg = load_or_exit(args)
     store = _store(cfg)
     unknown = [d for d in args.to if d not in cfg.destinations()]
     if unknown:
@@ -359,7 +345,7 @@ def cmd_queue_route(args: argparse.Namespace) -> int:
         "queue_route", operator=operator, reason=args.reason, destinations=args.to, instances=n
     )
     if args.json:
-        _print_json({"action": "route", "instances": n, "destinations": args.to, "operator": operator})
+        print_json({"action": "route", "instances": n, "destinations": args.to, "operator": operator})
     else:
         print(f"route: {n} unrouted object(s) queued for {', '.join(args.to)}")
     return EXIT_OK

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,28 +18,16 @@ from typing import Any
 
 from . import bundle_crypto as bc
 from .audit import AuditLog, current_operator
+from .cli_common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, load_or_exit, print_json
 from .config import DEFAULT_CONFIG_PATH, ConfigError, RouterConfig, load_config, load_state_locations
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_PARTIAL = 3
 MIN_PASSPHRASE = 8
-
-
-def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
 
 
 def _error(message: str, code: int = EXIT_FAIL) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
-
-
-def _load(args: argparse.Namespace) -> RouterConfig:
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
 
 
 # -- secrets -----------------------------------------------------------------------------------------
@@ -87,7 +74,7 @@ def _prompt(create: bool) -> bc.Secret:
 def cmd_create(args: argparse.Namespace) -> int:
     from .backup import BackupError, create_and_ship
 
-    cfg = _load(args)
+    cfg = load_or_exit(args)
     target = args.to or cfg.backup.target
     try:
         secret = resolve_secret(args, cfg, create=True)
@@ -101,7 +88,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     except (BackupError, bc.BundleError) as exc:
         return _error(str(exc))
     if args.json:
-        _print_json(run.as_dict())
+        print_json(run.as_dict())
     else:
         print(run.summary())
     return EXIT_OK
@@ -112,7 +99,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .backup import BackupError, human_size, list_local, list_remote, sftp_store
     from .sftp import SftpError
 
-    cfg = _load(args)
+    cfg = load_or_exit(args)
     try:
         if args.source == "sftp":
             with sftp_store(cfg) as store:
@@ -124,7 +111,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     except (BackupError, SftpError) as exc:
         return _error(str(exc))
     if args.json:
-        _print_json({"where": where, "bundles": [r.as_dict() for r in refs]})
+        print_json({"where": where, "bundles": [r.as_dict() for r in refs]})
         return EXIT_OK
     print(f"{len(refs)} bundle(s) in {where}, oldest first:")
     for r in refs:
@@ -178,7 +165,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .backup import BackupError, human_size, read_bundle
     from .sftp import SftpError
 
-    cfg = _load(args)
+    cfg = load_or_exit(args)
     audit = AuditLog(cfg.audit_path, "cli")
     path: Path | None = None
     try:
@@ -194,7 +181,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             error=str(exc),
         )
         if args.json:
-            _print_json({"ok": False, "bundle": path.name if path else args.bundle, "error": str(exc)})
+            print_json({"ok": False, "bundle": path.name if path else args.bundle, "error": str(exc)})
         return _error(str(exc))
     audit.record(
         "backup.verify",
@@ -206,7 +193,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     )
     h = contents.header
     if args.json:
-        _print_json(
+        print_json(
             {
                 "ok": True,
                 "bundle": path.name,
@@ -347,6 +334,16 @@ def _secret_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--key-file", metavar="FILE", help="file holding a 32-byte key (from `backup keygen`)")
 
 
+def _bundle_arg(b: argparse.ArgumentParser) -> None:
+    b.add_argument("bundle", help="a path, a bundle name in the backup dir, or 'latest'")
+    b.add_argument(
+        "--from",
+        dest="source",
+        choices=["local", "sftp"],
+        help="where BUNDLE is (default: the backup dir, then the SFTP server if one is configured)",
+    )
+
+
 def add_backup_commands(sub: Any, add_config: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     """Register `backup create|list|verify|restore|keygen` on the top-level subparsers."""
     add_config = add_config or _default_add_config
@@ -367,26 +364,14 @@ def add_backup_commands(sub: Any, add_config: Callable[[argparse.ArgumentParser]
     b.set_defaults(func=cmd_list)
 
     b = bsub.add_parser("verify", help="decrypt and check a whole bundle against its manifest; restores nothing")
-    b.add_argument("bundle", help="a path, a bundle name in the backup dir, or 'latest'")
-    b.add_argument(
-        "--from",
-        dest="source",
-        choices=["local", "sftp"],
-        help="where BUNDLE is (default: the backup dir, then the SFTP server if one is configured)",
-    )
+    _bundle_arg(b)
     _secret_args(b)
     b.add_argument("--json", action="store_true")
     add_config(b)
     b.set_defaults(func=cmd_verify)
 
     b = bsub.add_parser("restore", help="show what a bundle would change, then restore it (asks first)")
-    b.add_argument("bundle", help="a path, a bundle name in the backup dir, or 'latest'")
-    b.add_argument(
-        "--from",
-        dest="source",
-        choices=["local", "sftp"],
-        help="where BUNDLE is (default: the backup dir, then the SFTP server if one is configured)",
-    )
+    _bundle_arg(b)
     b.add_argument("--config-only", action="store_true", help="restore only the config (through config apply)")
     b.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     _secret_args(b)

@@ -8,12 +8,12 @@ the live config drifted from --expect-parent.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from .audit import current_operator
+from .cli_common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, print_json
 from .config import ConfigError, load_config, load_state_locations
 from .history import (
     SOURCES,
@@ -28,7 +28,7 @@ from .history import (
     unified_diff,
 )
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DRIFT = 0, 1, 2, 4
+EXIT_DRIFT = 4
 
 
 def _history(args: argparse.Namespace) -> History:
@@ -38,11 +38,6 @@ def _history(args: argparse.Namespace) -> History:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
     return History(cfg.history_dir)
-
-
-def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -63,7 +58,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _report(result: ApplyResult, args: argparse.Namespace) -> int:
     if args.json:
-        _print_json(result.as_dict())
+        print_json(result.as_dict())
         return EXIT_OK
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -76,7 +71,7 @@ def _report(result: ApplyResult, args: argparse.Namespace) -> int:
 def _refused(exc: ApplyError, args: argparse.Namespace) -> int:
     code = EXIT_DRIFT if exc.drift else EXIT_FAIL
     if getattr(args, "json", False):
-        _print_json(
+        print_json(
             {
                 "outcome": "refused" if exc.drift else "failed",
                 "changed": False,
@@ -153,7 +148,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     state = live_state(Path(args.config))
     versions = history.versions()[-args.limit :] if args.limit else history.versions()
     if args.json:
-        _print_json([_version_row(v, state.sha256) for v in versions])
+        print_json([_version_row(v, state.sha256) for v in versions])
         return EXIT_OK
     if not versions:
         print("no versions yet: the first `dicom-router config apply` records the live file and the change")
@@ -228,7 +223,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "daemon_runs_live": state.daemon_runs_live,
     }
     if args.json:
-        _print_json(report)
+        print_json(report)
         return EXIT_OK
     if state.sha256 is None:
         print(f"no live config at {state.path}")

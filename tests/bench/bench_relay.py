@@ -52,6 +52,7 @@ import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from appliance.router.fsutil import fsync_dir
 from tests.support import peers
 from tests.support.data import make_ct_series, sop_instance_uid
 from tests.support.peers import PEER_ENV, Orthanc, Router, StoreSCP, dcmtk
@@ -109,14 +110,6 @@ def dataset_digest(path: Path, chunk: int = 8 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def count_files(directory: Path) -> int:
