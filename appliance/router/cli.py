@@ -23,8 +23,6 @@ if TYPE_CHECKING:  # the CLI imports pynetdicom and SQLite code only for the com
     from .scu import Peer
     from .store import JobFilter, Store
 
-AUDIT_MAX_JOBS = 500  # an operator action names at most this many jobs in its audit entry
-
 
 def _load_for_state(args: argparse.Namespace) -> RouterConfig:
     """Like _load, but a config with problems still leads to the queue (with a warning): status and queue
@@ -257,97 +255,60 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_action(args: argparse.Namespace) -> int:
-    from .audit import AuditLog, current_operator
-    from .spool import Spool
-    from .store import JobFilter
+    from .audit import current_operator
+    from .operations import OperationError, job_action, reroute
 
-    cfg = _load_for_state(args)
-    store = _store(cfg)
-    flt = _filter(args)
-    if flt.is_empty() and not args.all:
-        print(
-            f"error: name the jobs to {args.action}: give job ids or a filter (--destination, --state, --study, "
-            "--accession, --patient-id, --older-than), or --all to act on every job",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+    cfg = _load_for_state(args) if args.action != "reroute" else load_or_exit(args)
     operator = args.operator or current_operator()
-    now = time.time()
-    keep = cfg.router.retention.keep_sent_hours > 0
-    action = args.action
-    if action == "retry":
-        res = store.retry(flt, operator, args.reason, now)
-    elif action == "hold":
-        res = store.hold(flt, operator, args.reason, now)
-    elif action == "release":
-        res = store.release(flt, operator, args.reason, now)
-    else:
-        res = store.cancel(flt, operator, args.reason, now, keep_spool=keep)
-    spool = Spool(cfg.spool_dir)
-    for key in res.spool_keys_freed:
-        spool.delete(key)
-    # Name what changed (job, destination, study, SOP instance, accession), not just the filter used.
-    named = store.list_jobs(JobFilter(ids=res.job_ids[:AUDIT_MAX_JOBS]), limit=AUDIT_MAX_JOBS) if res.job_ids else []
-    AuditLog(cfg.audit_path, "cli").record(
-        f"queue_{action}",
-        operator=operator,
-        reason=args.reason,
-        filter={k: v for k, v in flt.__dict__.items() if v},
-        changed=res.changed,
-        skipped=res.skipped,
-        jobs=[
-            {
-                "job": j.id,
-                "destination": j.destination,
-                "study_uid": j.study_uid,
-                "sop_instance_uid": j.sop_instance_uid,
-                "accession": j.accession,
-            }
-            for j in named
-        ],
-        jobs_not_listed=max(0, res.changed - len(named)) or None,
-    )
-    out = {"action": action, "changed": res.changed, "skipped": res.skipped, "operator": operator}
+    try:
+        if args.action == "reroute":
+            out = reroute(cfg, _store(cfg), _filter(args), args.to, operator, args.reason, allow_all=args.all)
+        else:
+            out = job_action(cfg, _store(cfg), args.action, _filter(args), operator, args.reason, allow_all=args.all)
+    except OperationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.json:
-        print_json(out)
+        print_json({"action": out.action, "changed": out.changed, "skipped": out.skipped, "operator": operator})
     else:
-        msg = f"{action}: {res.changed} job(s) changed"
-        if res.skipped:
-            msg += f", {res.skipped} matched but were in a state where {action} does not apply"
-        print(msg)
+        print(out.message() + (f"; {out.detail['new_jobs']} new job(s) for {args.to}" if out.detail else ""))
+    return EXIT_OK
+
+
+def cmd_queue_pause(args: argparse.Namespace) -> int:
+    from .audit import current_operator
+    from .operations import OperationError, set_paused
+
+    cfg = load_or_exit(args)
+    paused = args.action == "pause"
+    try:
+        out = set_paused(cfg, _store(cfg), args.destination, paused, args.operator or current_operator(), args.reason)
+    except OperationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    state = "paused: nothing is sent to it until `queue resume`" if paused else "resumed"
+    print(f"{args.destination} {state}" + ("" if out.changed else " (it already was)"))
     return EXIT_OK
 
 
 def cmd_queue_route(args: argparse.Namespace) -> int:
-    from .audit import AuditLog, current_operator
-    from .config import Priority
-    from .wakeup import Doorbell, socket_path
+    from .audit import current_operator
+    from .operations import OperationError, route_unrouted
 
     cfg = load_or_exit(args)
-    store = _store(cfg)
-    unknown = [d for d in args.to if d not in cfg.destinations()]
-    if unknown:
-        known = ", ".join(sorted(cfg.destinations())) or "none"
-        print(
-            f"error: {', '.join(unknown)} is not a destination in {args.config} (destinations: {known})",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     if not args.instance_ids and not args.all:
         print("error: name unrouted instances by id (see `queue ls --state unrouted`), or give --all", file=sys.stderr)
         return EXIT_USAGE
     operator = args.operator or current_operator()
-    n = store.route_unrouted(
-        args.instance_ids or None, args.to, int(Priority[args.priority]), operator, args.reason, time.time()
-    )
-    Doorbell(socket_path(cfg.router.state_dir)).ring()
-    AuditLog(cfg.audit_path, "cli").record(
-        "queue_route", operator=operator, reason=args.reason, destinations=args.to, instances=n
-    )
+    try:
+        out = route_unrouted(cfg, _store(cfg), args.instance_ids or None, args.to, args.priority, operator, args.reason)
+    except OperationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.json:
-        print_json({"action": "route", "instances": n, "destinations": args.to, "operator": operator})
+        print_json({"action": "route", "instances": out.changed, "destinations": args.to, "operator": operator})
     else:
-        print(f"route: {n} unrouted object(s) queued for {', '.join(args.to)}")
+        print(f"route: {out.changed} unrouted object(s) queued for {', '.join(args.to)}")
     return EXIT_OK
 
 
@@ -429,7 +390,26 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--reason", default="", help="why (recorded in the audit trail)")
         q.add_argument("--operator", help="who (default: the login user)")
         _add_config(q)
-        q.set_defaults(func=cmd_queue_action, action=action)
+        q.set_defaults(func=cmd_queue_action, action=action, to=None)
+    q = qsub.add_parser("reroute", help="send unsent jobs (queued, failed, held) to another destination instead")
+    q.add_argument("ids", nargs="*", type=int, help="job ids")
+    q.add_argument("--to", required=True, metavar="DEST", help="the destination node to send them to")
+    _add_filters(q)
+    q.add_argument("--all", action="store_true", help="act on every job the filter matches, even with no filter")
+    q.add_argument("--reason", default="", help="why (recorded in the audit trail)")
+    q.add_argument("--operator", help="who (default: the login user)")
+    _add_config(q)
+    q.set_defaults(func=cmd_queue_action, action="reroute")
+    for action, text in (
+        ("pause", "stop sending to a destination (jobs wait; nothing is lost)"),
+        ("resume", "send to a paused destination again"),
+    ):
+        q = qsub.add_parser(action, help=text)
+        q.add_argument("destination")
+        q.add_argument("--reason", default="", help="why (recorded in the audit trail)")
+        q.add_argument("--operator", help="who (default: the login user)")
+        _add_config(q)
+        q.set_defaults(func=cmd_queue_pause, action=action)
     q = qsub.add_parser("route", help="send unrouted objects (matched no route) to destinations")
     q.add_argument("instance_ids", nargs="*", type=int, help="instance ids from `queue ls --state unrouted`")
     q.add_argument("--to", nargs="+", required=True, metavar="DEST", help="destination node(s)")

@@ -98,6 +98,10 @@ def collect(
                 "circuit_since": s.circuit_since if s else None,
                 "last_error": s.last_error if s else None,
                 "last_success_at": s.last_success_at if s else None,
+                "paused": bool(s and s.paused),
+                "paused_by": s.paused_by if s else None,
+                "paused_reason": s.paused_reason if s else None,
+                "paused_at": s.paused_at if s else None,
             }
         )
     spool = Spool(cfg.spool_dir)
@@ -109,6 +113,11 @@ def collect(
         if proc is None or not proc["running"]:
             problems.append(f"{name} is not running (no heartbeat)")
     for d in destinations:
+        if d["paused"]:
+            why = f": {d['paused_reason']}" if d["paused_reason"] else ""
+            problems.append(
+                f"{d['name']} PAUSED by {d['paused_by']}{why} — {d['backlog']} job(s) wait; `queue resume {d['name']}`"
+            )
         if d["circuit"] == "open":
             problems.append(f"{d['name']} unreachable, sends paused: {d['last_error']}")
         if d["counts"]["failed"]:
@@ -237,6 +246,7 @@ def render(report: dict[str, Any]) -> str:
     for d in report["destinations"]:
         c = d["counts"]
         circuit = d["circuit"].upper() if d["circuit"] != "closed" else "closed"
+        circuit += "  PAUSED" if d.get("paused") else ""
         lines.append(
             f"  {d['name']:<16} {d['backlog']:>7} {_age(d['oldest_pending_age_seconds']):>7} {c['failed']:>6} "
             f"{c['held']:>5} {d['failures_last_hour']:>7}  {circuit}"

@@ -105,7 +105,11 @@ CREATE TABLE IF NOT EXISTS destinations (
     circuit_since        REAL,
     consecutive_failures INTEGER NOT NULL DEFAULT 0,
     last_error           TEXT,
-    last_success_at      REAL
+    last_success_at      REAL,
+    paused               INTEGER NOT NULL DEFAULT 0,
+    paused_by            TEXT,
+    paused_reason        TEXT,
+    paused_at            REAL
 );
 CREATE TABLE IF NOT EXISTS processes (
     name         TEXT PRIMARY KEY,
@@ -235,6 +239,15 @@ class JobFilter:
         return (" AND ".join(clauses) or "1"), args
 
 
+_ADDED_COLUMNS = (
+    ("processes", "config_sha", "TEXT"),  # which config version each process runs
+    ("destinations", "paused", "INTEGER NOT NULL DEFAULT 0"),  # operator paused sending
+    ("destinations", "paused_by", "TEXT"),
+    ("destinations", "paused_reason", "TEXT"),
+    ("destinations", "paused_at", "REAL"),
+)
+
+
 @dataclass
 class DestinationStats:
     name: str
@@ -245,6 +258,10 @@ class DestinationStats:
     circuit_since: float | None = None
     last_error: str | None = None
     last_success_at: float | None = None
+    paused: bool = False
+    paused_by: str | None = None
+    paused_reason: str | None = None
+    paused_at: float | None = None
 
     @property
     def backlog(self) -> int:
@@ -325,9 +342,10 @@ class Store:
         # executescript manages its own transaction; every statement is IF NOT EXISTS.
         conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
         with self._tx():
-            # Added after the first release of the schema: which config version each process runs.
-            if "config_sha" not in {r[1] for r in conn.execute("PRAGMA table_info(processes)")}:
-                conn.execute("ALTER TABLE processes ADD COLUMN config_sha TEXT")
+            # Columns added after the first release of the schema (databases created before get them here).
+            for table, column, ddl in _ADDED_COLUMNS:
+                if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # -- receiving ------------------------------------------------------------------------------
@@ -369,6 +387,8 @@ class Store:
     def claim(self, destination: str, worker: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
         """Take up to `limit` due jobs of one destination, highest priority first, then oldest."""
         with self._tx() as conn:
+            if self._is_paused(conn, destination):
+                return []
             rows = conn.execute(
                 "UPDATE jobs SET state = ?, claimed_by = ?, lease_until = ?, attempts = attempts + 1, "
                 "updated_at = ? WHERE id IN (SELECT id FROM jobs WHERE destination = ? AND state = ? "
@@ -393,6 +413,8 @@ class Store:
 
     def due_contexts(self, destination: str, now: float, limit: int) -> list[tuple[str, str]]:
         """(SOP class, transfer syntax) pairs of the next due jobs, without claiming them."""
+        if self._is_paused(self._conn(), destination):
+            return []
         rows = (
             self._conn()
             .execute(
@@ -406,6 +428,8 @@ class Store:
         return [(r[0], r[1]) for r in rows]
 
     def next_due_at(self, destination: str) -> float | None:
+        if self._is_paused(self._conn(), destination):
+            return None  # resume rings the doorbell
         row = (
             self._conn()
             .execute(
@@ -550,6 +574,25 @@ class Store:
                 (state, now, error, destination),
             )
 
+    @staticmethod
+    def _is_paused(conn: sqlite3.Connection, destination: str) -> bool:
+        row = conn.execute("SELECT paused FROM destinations WHERE name = ?", (destination,)).fetchone()
+        return bool(row and row[0])
+
+    def set_paused(self, destination: str, paused: bool, actor: str, reason: str, now: float) -> bool:
+        """Pause (or resume) sending to a destination; jobs keep their state. Returns whether it changed."""
+        with self._tx() as conn:
+            was = self._is_paused(conn, destination)
+            if was == paused:
+                return False  # keep who paused it first, and why
+            conn.execute("INSERT OR IGNORE INTO destinations(name) VALUES (?)", (destination,))
+            conn.execute(
+                "UPDATE destinations SET paused = ?, paused_by = ?, paused_reason = ?, paused_at = ? WHERE name = ?",
+                (int(paused), actor if paused else None, reason if paused else None, now if paused else None,
+                 destination),
+            )  # fmt: skip
+        return True
+
     def circuit_of(self, destination: str) -> str:
         row = self._conn().execute("SELECT circuit FROM destinations WHERE name = ?", (destination,)).fetchone()
         return "closed" if row is None else str(row[0])
@@ -626,9 +669,51 @@ class Store:
             changed=len(ids), skipped=len(matched) - len(ids), spool_keys_freed=freed, job_ids=list(ids)
         )
 
+    def reroute(self, flt: JobFilter, to_destination: str, actor: str, reason: str, now: float) -> ActionResult:
+        """Send matching unsent jobs (queued/failed/held) to another destination instead: each is cancelled
+        and its object gets a new queued job for `to_destination` (unless it already has a live one there)."""
+        where, args = flt.where(now)
+        movable = (JobState.QUEUED, JobState.FAILED, JobState.HELD)
+        new_ids: list[int] = []
+        with self._tx() as conn:
+            matched = conn.execute(
+                f"SELECT j.id, j.state, j.destination, j.instance_id, j.priority FROM jobs j "
+                f"JOIN instances i ON i.id = j.instance_id WHERE {where}",
+                args,
+            ).fetchall()
+            moved = 0
+            for job_id, state, dest, instance_id, priority in matched:
+                if state not in movable or dest == to_destination:
+                    continue
+                conn.execute(
+                    "UPDATE jobs SET state = ?, updated_at = ?, done_at = ? WHERE id = ?",
+                    (JobState.CANCELLED, now, now, job_id),
+                )
+                self._event(conn, job_id, now, "rerouted", None, f"to {to_destination}: {reason}", actor)
+                moved += 1
+                exists = conn.execute(
+                    "SELECT 1 FROM jobs WHERE instance_id = ? AND destination = ? AND state NOT IN (?, ?)",
+                    (instance_id, to_destination, JobState.CANCELLED, JobState.FAILED),
+                ).fetchone()
+                if exists:
+                    continue
+                cur = conn.execute(
+                    "INSERT INTO jobs(instance_id, destination, route, priority, state, next_attempt_at, "
+                    "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (instance_id, to_destination, "operator", priority, JobState.QUEUED, now, now, now),
+                )
+                new_id = int(cur.lastrowid or 0)
+                new_ids.append(new_id)
+                self._event(conn, new_id, now, "operator_reroute", None, f"from job {job_id} ({dest}): {reason}", actor)
+        return ActionResult(changed=moved, skipped=len(matched) - moved, spool_keys_freed=[], job_ids=new_ids)
+
     # -- reading --------------------------------------------------------------------------------
-    def list_jobs(self, flt: JobFilter, limit: int = 100, offset: int = 0) -> list[Job]:
+    def list_jobs(self, flt: JobFilter, limit: int = 100, offset: int = 0, after_id: int | None = None) -> list[Job]:
+        """Jobs by id. For deep paging pass `after_id` (the last id of the previous page): an index seek,
+        where a large OFFSET would scan every skipped row."""
         where, args = flt.where(time.time())
+        if after_id is not None:
+            where, args = f"({where}) AND j.id > ?", [*args, after_id]
         rows = (
             self._conn()
             .execute(
@@ -736,9 +821,13 @@ class Store:
             (now - 3600,),
         ):
             get(name).failures_last_hour = n
-        for row in conn.execute("SELECT name, circuit, circuit_since, last_error, last_success_at FROM destinations"):
+        for row in conn.execute(
+            "SELECT name, circuit, circuit_since, last_error, last_success_at, paused, paused_by, paused_reason, "
+            "paused_at FROM destinations"
+        ):
             s = get(row[0])
             s.circuit, s.circuit_since, s.last_error, s.last_success_at = row[1], row[2], row[3], row[4]
+            s.paused, s.paused_by, s.paused_reason, s.paused_at = bool(row[5]), row[6], row[7], row[8]
         return stats
 
     # -- spool housekeeping ---------------------------------------------------------------------

@@ -91,3 +91,43 @@ def test_permanent_refusal_fails_at_once_then_cancel_frees_spool(tmp_path: Path)
     finally:
         router.stop()
         scp.stop()
+
+
+def test_pause_resume_and_reroute_while_running(tmp_path: Path) -> None:
+    pacs = StoreSCP(tmp_path, "PACS").start()
+    backup_pacs = StoreSCP(tmp_path, "PACS2").start()
+    router = Router(
+        tmp_path,
+        destinations={"PACS_MAIN": dest_node("PACS", pacs.port), "PACS_DR": dest_node("PACS2", backup_pacs.port)},
+        routes=[{"name": "all", "to": ["PACS_MAIN"]}],
+    ).start()
+    try:
+        out = router.cli("queue", "pause", "PACS_MAIN", "--reason", "PACS maintenance", "--operator", "carol").stdout
+        assert "PACS_MAIN paused" in out
+        first = make_ct_series(tmp_path / "a", 3, rows=16, cols=16, accession="ACC_P")
+        assert storescu(router.port, first).returncode == 0
+        st = router.status()
+        main = next(d for d in st["destinations"] if d["name"] == "PACS_MAIN")
+        assert main["paused"] and main["paused_by"] == "carol" and main["backlog"] == 3
+        assert any("PACS_MAIN PAUSED by carol: PACS maintenance" in p for p in st["problems"])
+        assert pacs.files() == []  # nothing sent while paused
+
+        # Re-route one of them to the disaster-recovery PACS; the rest go when PACS_MAIN resumes.
+        job = router.jobs("--destination", "PACS_MAIN")[0]
+        out = router.cli("queue", "reroute", str(job["id"]), "--to", "PACS_DR", "--reason", "urgent").stdout
+        assert "reroute: 1 job(s) changed; 1 new job(s) for PACS_DR" in out
+        wait_until(lambda: len(backup_pacs.files()) == 1, 30, "the re-routed object at PACS_DR")
+        res = router.cli("queue", "reroute", "--to", "NOPE", "--all", check=False)
+        assert res.returncode == 2 and "NOPE is not a destination" in res.stderr
+
+        router.cli("queue", "resume", "PACS_MAIN", "--reason", "maintenance over")
+        wait_until(lambda: len(pacs.files()) == 2, 30, "the other two at PACS_MAIN after resume")
+        events = [e["event"] for e in router.audit()]
+        assert events.count("destination_pause") == 1 and events.count("destination_resume") == 1
+        assert "queue_reroute" in events
+        shown = json.loads(router.cli("queue", "show", str(job["id"]), "--json").stdout)
+        assert shown["job"]["state"] == "cancelled" and shown["events"][-1]["event"] == "rerouted"
+    finally:
+        router.stop()
+        pacs.stop()
+        backup_pacs.stop()

@@ -677,3 +677,42 @@ def test_backoff_delay_spreads() -> None:
     rng = random.Random(42)
     values = {round(backoff_delay(3, 5.0, 600.0, rng), 6) for _ in range(50)}
     assert len(values) > 40  # jitter: many jobs failing together do not retry together
+
+
+def test_paused_destination_is_never_claimed_until_resumed(store: Store) -> None:
+    add(store, ("PACS", "ARCHIVE"))
+    assert store.set_paused("PACS", True, "carol", "maintenance", T0)
+    assert not store.set_paused("PACS", True, "carol", "again", T0)  # already paused: no change
+    assert store.claim("PACS", "w", 10, LEASE, T0) == []
+    assert store.due_contexts("PACS", T0, 10) == [] and store.next_due_at("PACS") is None
+    assert len(store.claim("ARCHIVE", "w", 10, LEASE, T0)) == 1  # other destinations carry on
+    stats = store.destination_stats(T0)["PACS"]
+    assert stats.paused and stats.paused_by == "carol" and stats.paused_reason == "maintenance"
+    assert store.set_paused("PACS", False, "carol", "done", T0 + 1)
+    assert len(store.claim("PACS", "w", 10, LEASE, T0 + 1)) == 1
+    assert not store.destination_stats(T0)["PACS"].paused
+
+
+def test_reroute_moves_unsent_jobs_and_never_duplicates(store: Store) -> None:
+    _, k1 = add(store, accession="R1")
+    _, k2 = add(store, accession="R1")
+    _, k3 = add(store, ("PACS", "ARCHIVE"), accession="R1")  # already has an ARCHIVE job
+    store.claim("PACS", "w", 1, LEASE, T0)  # k1's job is in flight: not movable
+    res = store.reroute(JobFilter(accession="R1", destination="PACS"), "ARCHIVE", "dave", "misrouted", T0)
+    assert res.changed == 2 and res.skipped == 1 and len(res.job_ids) == 1
+    assert job_for(store, k1).state == JobState.SENDING
+    assert job_for(store, k2).state == JobState.CANCELLED
+    assert job_for(store, k2, "ARCHIVE").state == JobState.QUEUED
+    assert len([j for j in jobs_of(store, destination="ARCHIVE") if j.spool_key == k3]) == 1
+    new = job_for(store, k2, "ARCHIVE")
+    assert store.job_events(new.id)[-1]["event"] == "operator_reroute"
+    assert store.job_events(job_for(store, k2).id)[-1]["detail"] == "to ARCHIVE: misrouted"
+
+
+def test_list_jobs_pages_by_id(store: Store) -> None:
+    for _ in range(7):
+        add(store)
+    first = store.list_jobs(JobFilter(), limit=3)
+    second = store.list_jobs(JobFilter(), limit=3, after_id=first[-1].id)
+    assert [j.id for j in first + second] == sorted(j.id for j in first + second)
+    assert len(second) == 3 and second[0].id > first[-1].id
