@@ -128,7 +128,9 @@ def _store(cfg: RouterConfig) -> Store:
             file=sys.stderr,
         )
         raise SystemExit(EXIT_FAIL)
-    return Store(cfg.db_path)
+    store = Store(cfg.db_path)
+    store.init()  # brings a database from an older release up to this schema (idempotent, quick)
+    return store
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -312,6 +314,16 @@ def cmd_queue_route(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    # The console lives in appliance.tui (Textual); the router package itself never imports Textual.
+    import importlib
+
+    from .audit import current_operator
+
+    console = importlib.import_module("appliance.tui.app")
+    return int(console.run_console(Path(args.config), args.operator or current_operator()))
+
+
 # -- parser ------------------------------------------------------------------------------------------
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="router.yaml (default: %(default)s)")
@@ -363,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_config(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("console", help="the on-call console (Textual TUI)")
+    p.add_argument("--operator", help="your name in the audit trail (default: the login user)")
+    _add_config(p)
+    p.set_defaults(func=cmd_console)
 
     p = sub.add_parser("queue", help="inspect and act on jobs")
     qsub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .clock import clock_state
 from .config import RouterConfig
 from .scheduled_jobs import DiskUsage, disk_alert
 from .spool import Spool
@@ -132,6 +133,9 @@ def collect(
     config = config_report(config_path, cfg) if config_path is not None else None
     if config is not None:
         problems += config["problems"]
+    clock = clock_state()
+    if clock.available and clock.synced is False:
+        problems.append(f"clock {clock.message}")
     return {
         "time": now,
         "router": {"ae_title": cfg.router.ae_title, "bind": cfg.router.bind, "port": cfg.router.port},
@@ -149,6 +153,7 @@ def collect(
         },
         "scheduler": scheduler,
         "config": config,
+        "clock": clock.as_dict(),
         "problems": problems,
     }
 
@@ -229,6 +234,9 @@ def render(report: dict[str, Any]) -> str:
         return f"{name}: {state} (pid {p['pid']}, heartbeat {_age(p['heartbeat_age_seconds'])} ago)"
 
     lines.append(f"Router {r['ae_title']} on {r['bind']}:{r['port']}")
+    clock = report.get("clock")
+    if clock:
+        lines.append(f"  clock: {clock['message']}")
     conf = report.get("config")
     if conf:
         if conf["version"] is not None:

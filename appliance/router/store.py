@@ -830,6 +830,19 @@ class Store:
             s.paused, s.paused_by, s.paused_reason, s.paused_at = bool(row[5]), row[6], row[7], row[8]
         return stats
 
+    def delivered_per_minute(self, now: float, minutes: int = 30) -> list[int]:
+        """Objects delivered in each of the last `minutes` minutes, oldest first (the console's sparkline)."""
+        start = now - minutes * 60
+        counts = [0] * minutes
+        for bucket, n in self._conn().execute(
+            "SELECT CAST((at - ?) / 60 AS INTEGER), COUNT(*) FROM job_events WHERE event = 'delivered' AND at >= ? "
+            "GROUP BY 1",
+            (start, start),
+        ):
+            if 0 <= bucket < minutes:
+                counts[bucket] = n
+        return counts
+
     # -- spool housekeeping ---------------------------------------------------------------------
     def spool_keys_to_delete(self, finished_before: float, limit: int = 500) -> list[str]:
         rows = (

@@ -716,3 +716,25 @@ def test_list_jobs_pages_by_id(store: Store) -> None:
     second = store.list_jobs(JobFilter(), limit=3, after_id=first[-1].id)
     assert [j.id for j in first + second] == sorted(j.id for j in first + second)
     assert len(second) == 3 and second[0].id > first[-1].id
+
+
+def test_init_upgrades_a_database_from_an_older_release(db_path: Path) -> None:
+    import sqlite3
+
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_path)
+    conn.executescript(
+        "CREATE TABLE destinations (name TEXT PRIMARY KEY, circuit TEXT NOT NULL DEFAULT 'closed', "
+        "circuit_since REAL, consecutive_failures INTEGER NOT NULL DEFAULT 0, last_error TEXT, last_success_at REAL);"
+        "CREATE TABLE processes (name TEXT PRIMARY KEY, pid INTEGER NOT NULL, host TEXT NOT NULL, "
+        "started_at REAL NOT NULL, heartbeat_at REAL NOT NULL, detail TEXT);"
+        "INSERT INTO destinations(name) VALUES ('PACS');"
+    )
+    conn.close()
+    s = Store(db_path)
+    s.init()
+    s.init()  # idempotent
+    assert not s.destination_stats(T0)["PACS"].paused
+    s.heartbeat("receiver", T0, T0, "", "abc123")
+    assert s.processes()[0]["config_sha"] == "abc123"
+    s.close()
