@@ -16,9 +16,9 @@ setup: $(VENV)/.installed
 
 # Debian packages the tests talk to (real DICOM peers). Needs root or sudo.
 deps:
-	@command -v /usr/bin/storescu >/dev/null && command -v /usr/sbin/Orthanc >/dev/null && [ -x /usr/sbin/sshd ] || { \
+	@command -v /usr/bin/storescu >/dev/null && command -v /usr/sbin/Orthanc >/dev/null && [ -x /usr/sbin/sshd ] && [ -x /usr/bin/tmux ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q dcmtk orthanc openssh-server; }
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q dcmtk orthanc openssh-server tmux; }
 
 # The router on the example config, state and logs under ./run/ (no root paths).
 run: setup

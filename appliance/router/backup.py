@@ -640,9 +640,11 @@ def create_and_ship(
     target: Literal["local", "sftp"],
     *,
     process: str = "cli",
+    operator: str | None = None,
 ) -> BackupRun:
     """Create a bundle, copy it off-box when `target` is sftp, apply retention; audited either way."""
     audit = AuditLog(cfg.audit_path, process)
+    operator = operator or current_operator()
     bundle: CreatedBundle | None = None
     try:
         if target == "sftp" and cfg.backup.sftp is None:
@@ -659,7 +661,7 @@ def create_and_ship(
         audit.record(
             "backup.create",
             "failure",
-            operator=current_operator(),
+            operator=operator,
             bundle=bundle.name if bundle else None,
             target=target,
             error=str(exc),
@@ -669,7 +671,7 @@ def create_and_ship(
     audit.record(
         "backup.create",
         "success",
-        operator=current_operator(),
+        operator=operator,
         bundle=bundle.name,
         size=bundle.size,
         parts=bundle.parts,

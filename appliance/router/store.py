@@ -88,6 +88,7 @@ CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(destination, state, priority, id);
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(destination, state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_instance ON jobs(instance_id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, destination);
+CREATE INDEX IF NOT EXISTS jobs_state_id ON jobs(state, id);
 CREATE TABLE IF NOT EXISTS job_events (
     id      INTEGER PRIMARY KEY,
     job_id  INTEGER NOT NULL,
@@ -727,11 +728,11 @@ class Store:
 
     def count_jobs(self, flt: JobFilter) -> int:
         where, args = flt.where(time.time())
-        row = (
-            self._conn()
-            .execute(f"SELECT COUNT(*) FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE {where}", args)
-            .fetchone()
-        )
+        # Join instances only when the filter names one of its columns: counting 1M jobs with the join
+        # took ~250 ms, without it ~30 ms (tests/bench/bench_console_queue.py).
+        joined = "i." in where
+        source = "jobs j JOIN instances i ON i.id = j.instance_id" if joined else "jobs j"
+        row = self._conn().execute(f"SELECT COUNT(*) FROM {source} WHERE {where}", args).fetchone()
         return int(row[0])
 
     def get_job(self, job_id: int) -> Job | None:

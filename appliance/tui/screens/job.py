@@ -1,0 +1,194 @@
+"""One job in full (Enter on the queue): what it is, where it goes, why it is stuck, and its whole history —
+every attempt with the DICOM status code and its meaning, every operator action with who and why."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.widgets import Header, Static
+
+from ..backend import JobDetail
+from ..widgets import theme_style
+from .keybar import KeyBar
+from .queue_actions import JobActionsScreen
+from .queue_model import Target, advice, fmt_duration
+
+EVENT_WORDS = {
+    "delivered": "delivered",
+    "attempt_failed": "failed, will retry",
+    "failed": "FAILED: needs operator",
+    "returned": "given back unsent",
+    "requeued": "requeued",
+    "rerouted": "re-routed elsewhere",
+    "operator_retry": "retried by operator",
+    "operator_hold": "held by operator",
+    "operator_release": "released by operator",
+    "operator_cancel": "cancelled by operator",
+    "operator_reroute": "re-routed here by operator",
+    "operator_route": "routed by operator",
+}
+EVENT_STYLE = {"delivered": "success", "failed": "error", "attempt_failed": "warning"}
+
+HELP = """\
+WHAT YOU SEE
+  Top: the object (study, accession, SOP instance, where it came from), where it goes, its state, how many
+  attempts, when the next one is due, and the last DICOM status and error in words.
+  History: every event, oldest first — each attempt with its status code and what the code means, and
+  every operator action with who did it and why.
+
+KEYS
+  r retry   h hold   s release   x cancel   o re-route   (this job only; each asks to confirm, then why)
+  e        write an evidence file for this job's study (to attach to a ticket)
+  Esc      back to the queue
+
+READING THE ERRORS
+  "connection refused" / "no answer": the destination is down or unreachable; the router retries by itself.
+  "called AE title not recognised": the AE title in our config does not match the destination's; fix it in
+    Endpoints, echo the node, then retry (r).
+  "does not accept SOP class … / no presentation context": the destination does not take this kind of
+    image; enable it there, or re-route (o) to a destination that does.
+  0xA7xx "out of resources": the destination's disk is full; it is retried by itself."""
+
+
+def _ts(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+class JobScreen(JobActionsScreen):
+    TITLE = "Job"
+    HELP = HELP
+    DEFAULT_CSS = """
+    JobScreen #job-body { height: 1fr; }
+    JobScreen #job-facts { height: auto; padding: 0 1; }
+    JobScreen #history-title { height: 1; padding: 0 1; margin-top: 1; text-style: bold; }
+    JobScreen #events { height: auto; padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("r", "act('retry')", "Retry"),
+        Binding("h", "act('hold')", "Hold"),
+        Binding("s", "act('release')", "Release"),
+        Binding("x", "act('cancel')", "Cancel"),
+        Binding("o", "reroute", "Re-route"),
+        Binding("e", "evidence", "Evidence"),
+    ]
+
+    def __init__(self, job_id: int):
+        super().__init__()
+        self.job_id = job_id
+        self.detail: JobDetail | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll(id="job-body"):
+            yield Static(f"reading job {self.job_id}…", id="job-facts")
+            yield Static("History (oldest first)", id="history-title")
+            yield Static("", id="events")
+        yield KeyBar()
+
+    def on_mount(self) -> None:
+        self.query_one("#job-body").focus()  # arrows scroll; the data comes with the screen's resume
+
+    def refresh_data(self) -> None:
+        self.run_backend(
+            f"Reading job {self.job_id}",
+            lambda: self.backend.job(self.job_id),
+            self.show,
+            on_error=self._error,
+            group="refresh",
+        )
+
+    def _error(self, message: str) -> None:
+        self.query_one("#job-facts", Static).update(Text(message, style=theme_style(self.app, "error", bold=True)))
+
+    def show(self, data: Any) -> None:
+        self.detail = detail = data
+        j = detail.job
+        now = self.backend.clock()
+        state_style = {"failed": "error", "held": "warning", "done": "success"}.get(j.state)
+        head = Text()
+        head.append(f"Job {j.id}  ", style="bold")
+        head.append(j.state.upper(), style=theme_style(self.app, state_style, bold=True) if state_style else "bold")
+        head.append(f"  → {j.destination}  (route {j.route or '-'}, priority {j.priority})")
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column(ratio=1, overflow="fold")
+        attempts = str(j.attempts)
+        if j.state == "queued":
+            due = j.next_attempt_at - now
+            attempts += f"   next attempt {'now' if due <= 0 else 'in ' + fmt_duration(due)}"
+        if j.done_at:
+            attempts += f"   finished {_ts(j.done_at)}"
+        for label, value in (
+            ("study", f"{j.study_uid or '-'}   accession {j.accession or '-'}   modality {j.modality or '-'}"),
+            ("object", f"{j.sop_instance_uid}  ({j.size_bytes:,} bytes)"),
+            ("SOP class", f"{j.sop_class_uid}   transfer syntax {j.transfer_syntax}"),
+            ("received", f"{_ts(j.received_at)} ({fmt_duration(now - j.received_at)} ago) from {j.calling_ae or '?'}"),
+            ("attempts", attempts),
+            ("last status", detail.last_status_text or "-"),
+            ("what to do", advice(j.state, j.last_error)),
+        ):
+            grid.add_row(label, value)
+        grid.add_row(
+            "last error", Text(j.last_error or "-", style=theme_style(self.app, "error") if j.last_error else "")
+        )
+        facts = Group(head, grid)
+        self.query_one("#job-facts", Static).update(facts)
+        self.query_one("#events", Static).update(self._history(detail))
+
+    def _history(self, detail: JobDetail) -> Table:
+        """Every event in a table whose Detail column wraps, so no reason is ever cut off."""
+        table = Table(box=None, padding=(0, 1), expand=True, header_style="bold")
+        table.add_column("Time", no_wrap=True)
+        table.add_column("Event", max_width=26)
+        table.add_column("By", max_width=14, overflow="fold")
+        table.add_column("Status and detail", ratio=1, overflow="fold")
+        j = detail.job
+        table.add_row(
+            _ts(j.created_at), "queued", "router", f"received from {j.calling_ae or '?'}, route {j.route or '-'}"
+        )
+        for e in detail.events:
+            style = EVENT_STYLE.get(e["event"])
+            words = EVENT_WORDS.get(e["event"], e["event"])
+            text = e["detail"] or ""
+            if e["status"] is not None:
+                text = (
+                    f"{self.backend.describe_status(e['status'])} — {text}"
+                    if text
+                    else self.backend.describe_status(e["status"])
+                )
+            table.add_row(
+                _ts(e["at"]),
+                Text(words, style=theme_style(self.app, style) if style else ""),
+                e["actor"] or "router",
+                text,
+            )
+        return table
+
+    async def current_target(self) -> Target | None:
+        return Target.for_ids([self.job_id])
+
+    def after_change(self) -> None:
+        self.refresh_data()
+
+    def action_act(self, name: str) -> None:
+        self.start_flow(lambda: self.job_action_flow(name))
+
+    def action_reroute(self) -> None:
+        self.start_flow(self.reroute_flow)
+
+    def action_evidence(self) -> None:
+        if self.detail is None:
+            return
+        job = self.detail.job
+        self.start_flow(lambda: self.evidence_flow(job.study_uid, job.id))
+
+    def action_back(self) -> None:
+        self.dismiss()  # the queue reloads when it shows again
