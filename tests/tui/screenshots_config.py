@@ -1,6 +1,6 @@
 """Renders the config screens' screenshots (docs/operator-runbook.md, section 8) from real runs: a real Orthanc
-that checks the called AE title, the router's real config history and real encrypted bundles. Not a test (nothing asserts what the
-pictures show; the pilot tests do). Run it after changing these screens:
+that checks the called AE title, the router's real config history and real encrypted bundles. Not a test
+(nothing asserts what the pictures show; the pilot tests do). Run it after changing these screens:
 
     .venv/bin/python -m tests.tui.screenshots_config
 """
