@@ -390,7 +390,7 @@ def test_pause_needs_a_destination(queue_state: QueueState) -> None:
     async def script(pilot: Pilot[Any]) -> None:
         screen(pilot).apply_filter(accession="NO-SUCH")
         await settle(pilot)
-        await press(pilot, "p", "r", "e")
+        await press(pilot, "p", "r", "v")
         assert isinstance(pilot.app.screen, QueueScreen)
         assert "Filter a destination (/) or highlight one of its jobs first." in notes(pilot)
         assert "No job here: change the filter (/) or press Esc to clear it." in notes(pilot)
@@ -422,7 +422,7 @@ def test_job_detail_shows_the_history_and_acts_on_the_job(queue_state: QueueStat
 
 def test_evidence_for_the_highlighted_jobs_study(queue_state: QueueState) -> None:
     async def script(pilot: Pilot[Any]) -> None:
-        await press(pilot, "e")
+        await press(pilot, "v")
         message = pilot.app.screen
         assert isinstance(message, MessageScreen) and message.title_text == "Evidence written"
         path = Path(message.body.split("\n")[0])

@@ -45,7 +45,7 @@ WHAT YOU SEE
 
 KEYS
   r retry   h hold   s release   x cancel   o re-route   (this job only; each asks to confirm, then why)
-  e        write an evidence file for this job's study (to attach to a ticket)
+  v        write an evidence file for this job's study (to attach to a ticket)
   Esc      back to the queue
 
 READING THE ERRORS
@@ -77,7 +77,7 @@ class JobScreen(JobActionsScreen):
         Binding("s", "act('release')", "Release"),
         Binding("x", "act('cancel')", "Cancel"),
         Binding("o", "reroute", "Re-route"),
-        Binding("e", "evidence", "Evidence"),
+        Binding("v", "evidence", "Evidence"),
     ]
 
     def __init__(self, job_id: int):

@@ -79,17 +79,17 @@ KEYS
            (on the selected jobs; with none selected, on the highlighted job; with A, on all matching)
            Every action shows the exact count, asks "are you sure", then a reason for the audit trail.
   p        pause / resume sending to the filtered destination (or the highlighted job's)
-  e        write an evidence file for the highlighted job's study (to attach to a ticket)
+  v        write an evidence file for the highlighted job's study (to attach to a ticket)
   n        unrouted objects (matched no route) instead of jobs; there o sends them to destinations
   Esc      first clears the selection, then the filter
 
 COMMON CASES
   Destination was down and is back: jobs retry by themselves within the probe interval. To skip the
     wait: filter destination + state queued (or failed), A, r.
-  Jobs failed with "called AE title not recognised": fix the AE title (Endpoints, key e on the
-    dashboard), echo it, then here: filter destination + state failed, A, r.
+  Jobs failed with "called AE title not recognised": fix the AE title (Endpoints: key e), echo it,
+    then here: filter destination + state failed, A, r.
   A study went to the wrong place: filter its accession, A, h (hold) to stop it, then o to re-route.
-  To escalate: highlight a job of the study, e, and attach the file it names."""
+  To escalate: highlight a job of the study, v, and attach the file it names."""
 
 
 class JobTable(DataTable[Any]):
@@ -127,7 +127,7 @@ class QueueScreen(JobActionsScreen):
         Binding("x", "act('cancel')", "Cancel"),
         Binding("o", "reroute", "Re-route"),
         Binding("p", "pause", "Pause"),
-        Binding("e", "evidence", "Evidence"),
+        Binding("v", "evidence", "Evidence"),
         Binding("n", "toggle_unrouted", "Unrouted"),
         Binding("enter", "open_job", "History", show=False),
     ]
