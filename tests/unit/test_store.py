@@ -738,3 +738,11 @@ def test_init_upgrades_a_database_from_an_older_release(db_path: Path) -> None:
     s.heartbeat("receiver", T0, T0, "", "abc123")
     assert s.processes()[0]["config_sha"] == "abc123"
     s.close()
+
+
+def test_count_with_a_cap_stops_early_only_when_instances_are_joined(store: Store) -> None:
+    for _ in range(5):
+        add(store, accession="CAP")
+    assert store.count_jobs(JobFilter(accession="CAP"), cap=2) == 3  # "more than 2"
+    assert store.count_jobs(JobFilter(accession="CAP")) == 5
+    assert store.count_jobs(JobFilter(destination="PACS"), cap=2) >= 5  # job-only filters stay exact and fast

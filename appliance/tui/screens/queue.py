@@ -314,7 +314,10 @@ class QueueScreen(JobActionsScreen):
             text = "reading the queue…"
         else:
             pages = max(1, -(-self.page.total // PAGE_SIZE))
-            text = f"{jobs_word(self.page.total)} match · page {self.pager.page} of {pages:,}"
+            if self.page.total_capped:
+                text = f"more than {self.page.total:,} jobs match · page {self.pager.page}"
+            else:
+                text = f"{jobs_word(self.page.total)} match · page {self.pager.page} of {pages:,}"
             if not self.query_.is_empty():
                 text += f" · {describe_query(self.query_)}"
         if self.all_mode:
