@@ -19,7 +19,8 @@ HEARTBEAT_STALE_SECONDS = 20
 JOB_STATE_STALE_SECONDS = 300  # the scheduler rewrites it at least every 30 s while it runs
 
 
-def _age(seconds: float | None) -> str:
+def short_age(seconds: float | None) -> str:
+    """'42s', '7m', '3h05m', '2d4h' — an age short enough for a table cell (also used by the console)."""
     if seconds is None:
         return "-"
     s = int(seconds)
@@ -198,9 +199,9 @@ def scheduler_report(cfg: RouterConfig, proc: dict[str, Any] | None, now: float)
     age = now - written_at
     report.update(available=True, state_age_seconds=round(age, 1), jobs=jobs, warnings=warnings)
     if not report["running"]:
-        report["note"] = f"as last written {_age(age)} ago: the scheduler is not running"
+        report["note"] = f"as last written {short_age(age)} ago: the scheduler is not running"
     elif age > JOB_STATE_STALE_SECONDS:
-        report["note"] = f"job state not updated for {_age(age)} although the scheduler runs (see its log)"
+        report["note"] = f"job state not updated for {short_age(age)} although the scheduler runs (see its log)"
     return report
 
 
@@ -213,7 +214,7 @@ def scheduler_problems(report: dict[str, Any]) -> list[str]:
             n = job.get("consecutive_failures") or 1
             times = f" {n} times in a row" if n > 1 else ""
             problems.append(
-                f"scheduled job {job['name']} failed{times} (last {_age(job['last_run_age_seconds'])} ago): "
+                f"scheduled job {job['name']} failed{times} (last {short_age(job['last_run_age_seconds'])} ago): "
                 f"{job.get('last_error')}"
             )
     # The disk is checked live above; the scheduler's copy of that warning would only repeat it.
@@ -231,7 +232,7 @@ def render(report: dict[str, Any]) -> str:
         if p is None:
             return f"{name}: never started"
         state = "running" if p["running"] else "NOT RUNNING"
-        return f"{name}: {state} (pid {p['pid']}, heartbeat {_age(p['heartbeat_age_seconds'])} ago)"
+        return f"{name}: {state} (pid {p['pid']}, heartbeat {short_age(p['heartbeat_age_seconds'])} ago)"
 
     lines.append(f"Router {r['ae_title']} on {r['bind']}:{r['port']}")
     clock = report.get("clock")
@@ -256,7 +257,7 @@ def render(report: dict[str, Any]) -> str:
         circuit = d["circuit"].upper() if d["circuit"] != "closed" else "closed"
         circuit += "  PAUSED" if d.get("paused") else ""
         lines.append(
-            f"  {d['name']:<16} {d['backlog']:>7} {_age(d['oldest_pending_age_seconds']):>7} {c['failed']:>6} "
+            f"  {d['name']:<16} {d['backlog']:>7} {short_age(d['oldest_pending_age_seconds']):>7} {c['failed']:>6} "
             f"{c['held']:>5} {d['failures_last_hour']:>7}  {circuit}"
         )
         if d["last_error"] and (d["backlog"] or d["circuit"] != "closed"):
@@ -287,8 +288,8 @@ def _render_jobs(sched: dict[str, Any]) -> list[str]:
             outcome = "running"
         detail = j.get("last_error") if outcome == "FAILED" else j.get("last_result")
         lines.append(
-            f"  {j['name']:<16} {'-' if last is None else _age(last) + ' ago':>9} {outcome:<8} "
-            f"{'-' if nxt is None else 'in ' + _age(max(0.0, nxt)):>9}  {_clip(detail or '', 70)}"
+            f"  {j['name']:<16} {'-' if last is None else short_age(last) + ' ago':>9} {outcome:<8} "
+            f"{'-' if nxt is None else 'in ' + short_age(max(0.0, nxt)):>9}  {_clip(detail or '', 70)}"
         )
     if sched["note"]:
         lines.append(f"  ({sched['note']})")

@@ -43,7 +43,7 @@ from appliance.router.history import (
 )
 from appliance.router.operations import OperationError, Outcome
 from appliance.router.scu import EchoResult, Peer, echo
-from appliance.router.status import collect
+from appliance.router.status import collect, short_age
 from appliance.router.store import DestinationStats, Job, JobFilter, Store
 
 from .problems import console_problems, first_refusals
@@ -667,4 +667,4 @@ def _one_line(line: str) -> str:
     return line
 
 
-__all__ = ["Backend", "BackendError", "Dashboard", "JobDetail", "JobQuery", "Page"]
+__all__ = ["Backend", "BackendError", "Dashboard", "JobDetail", "JobQuery", "Page", "short_age"]

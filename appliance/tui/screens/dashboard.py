@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Footer, Header, Label, Sparkline, Static
 
 from appliance.router.clock import ClockState
 
-from ..backend import Dashboard
+from ..backend import Dashboard, short_age
 from ..problems import OFFSET_WARN_SECONDS, age_words
 from ..widgets import ConsoleScreen, MessageScreen, ReasonScreen, theme_style
 
@@ -167,7 +167,7 @@ class DashboardScreen(ConsoleScreen):
             table.add_row(
                 Text(d["name"], name_style),
                 Text(str(d["backlog"]), justify="right"),
-                Text(_short_age(oldest), warn if oldest and oldest > 1800 else "", justify="right"),
+                Text(short_age(oldest), warn if oldest and oldest > 1800 else "", justify="right"),
                 Text(str(c["failed"]), err if c["failed"] else "", justify="right"),
                 Text(str(d["failures_last_hour"]), warn if d["failures_last_hour"] else "", justify="right"),
                 circuit,
@@ -285,19 +285,6 @@ class DashboardScreen(ConsoleScreen):
                 "no patient names.",
             )
         )
-
-
-def _short_age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    if s < 172800:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    return f"{s // 86400}d{(s % 86400) // 3600}h"
 
 
 def _throughput_text(series: list[int]) -> str:
