@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 CONFIG ?= examples/router.yaml
 
-.PHONY: setup deps run test test-fast lint typecheck bench clean
+.PHONY: setup deps run test test-fast lint typecheck bench clean wheelhouse ansible-setup molecule-rootfs ansible-lint molecule
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,38 @@ typecheck: setup
 
 bench: setup deps
 	$(PY) -m tests.bench.bench_relay
+
+# --- The appliance (Ansible roles, molecule) -------------------------------------------------------
+ANSIBLE_VENV ?= .venv-ansible
+RELEASE := $(shell $(PYTHON) -c 'import tomllib;print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')-$(shell git rev-parse --short=10 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- appliance pyproject.toml 2>/dev/null || echo .dirty$$(git diff HEAD -- appliance pyproject.toml | sha256sum | cut -c1-8))
+
+$(ANSIBLE_VENV)/.installed: requirements-ansible.txt
+	$(PYTHON) -m venv $(ANSIBLE_VENV)
+	$(ANSIBLE_VENV)/bin/pip install --quiet --upgrade pip
+	$(ANSIBLE_VENV)/bin/pip install --quiet -r requirements-ansible.txt
+	touch $@
+
+ansible-setup: $(ANSIBLE_VENV)/.installed
+
+# Release name: version-commit (plus .dirtyHASH of uncommitted changes, so each differs).
+# The router and every dependency as wheels, for appliances without internet access (dicom_router role).
+wheelhouse: setup
+	rm -rf build/wheelhouse
+	$(PY) -m pip wheel --quiet -c requirements-appliance.lock . -w build/wheelhouse
+	echo "$(RELEASE)" > build/wheelhouse/RELEASE
+
+# A Debian 12 root filesystem that molecule boots with systemd-nspawn (needs root, mmdebstrap).
+build/molecule-rootfs/.done: tools/mkrootfs.sh
+	tools/mkrootfs.sh container build/molecule-rootfs
+	touch $@
+molecule-rootfs: build/molecule-rootfs/.done
+
+ansible-lint: ansible-setup
+	$(ANSIBLE_VENV)/bin/yamllint -s .
+	$(ANSIBLE_VENV)/bin/ansible-lint
+
+molecule: ansible-setup wheelhouse molecule-rootfs
+	PATH=$(CURDIR)/$(ANSIBLE_VENV)/bin:$$PATH $(ANSIBLE_VENV)/bin/molecule test --all
 
 clean:
 	rm -rf run build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -34,10 +34,22 @@ class AuditLog:
         self._fd: int | None = None
 
     def _open(self) -> int:
+        if self._fd is not None and self._rotated():
+            os.close(self._fd)
+            self._fd = None
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         return self._fd
+
+    def _rotated(self) -> bool:
+        """True when logrotate has renamed the file away: the next line goes to a new audit.jsonl."""
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        held = os.fstat(self._fd)  # type: ignore[arg-type]
+        return (on_disk.st_dev, on_disk.st_ino) != (held.st_dev, held.st_ino)
 
     def record(self, event: str, outcome: str = "success", **fields: Any) -> None:
         entry = {

@@ -7,6 +7,7 @@ so all of them work while the daemon runs.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -441,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Spooled objects are PHI: nothing the router writes is world-readable. Group access stays, so a
+    # console operator in the router's group and the service can share the queue and the history.
+    os.umask(0o007)
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.func(args))

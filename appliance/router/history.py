@@ -115,7 +115,7 @@ class History:
     @contextmanager
     def locked(self, timeout: float = 120.0) -> Iterator[None]:
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o660)  # the console operator shares the group
         try:
             deadline = time.monotonic() + timeout
             while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,8 @@ def setup_logging(process: str, log_dir: Path | None, level: str = "INFO") -> No
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_dir / "router.log", encoding="utf-8"))
+        # Watched: logrotate renames the file (never copy-truncate) and the next record reopens it.
+        handlers.append(logging.handlers.WatchedFileHandler(log_dir / "router.log", encoding="utf-8"))
     for h in handlers:
         h.setFormatter(fmt)
         h.addFilter(_ProcessName(process))

@@ -8,6 +8,7 @@ Success. Any failure answers a precise status and leaves nothing half-written be
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import sqlite3
@@ -36,6 +37,7 @@ LOG = logging.getLogger("router.receiver")
 
 # A-ASSOCIATE-RJ (result, source, reason) per PS3.8 Table 9-21.
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+_STATUS_NOT_AUTHORIZED = 0x0124  # Refused: Not Authorized (PS3.7 C.4.1.1.4)
 _REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 _REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, local limit exceeded: the sender will retry
 
@@ -130,6 +132,8 @@ class Receiver:
             )
             _reject(assoc, _REJECT_CALLED_AE)
             return
+        if self._is_self_check(calling, assoc.requestor.address):
+            return  # accepted for C-ECHO only: on_c_store refuses storage from it
         if calling not in self.routing.sources_by_ae and not cfg.router.accept_unknown_callers:
             log(
                 LOG,
@@ -148,6 +152,17 @@ class Receiver:
                 reason="calling AE title not a configured source",
             )
             _reject(assoc, _REJECT_CALLING_AE)
+
+    def _is_self_check(self, calling: str, address: str) -> bool:
+        """An on-box health check (Ansible, monitoring): the router's own AE title from loopback, or
+        from the listener's own address when it binds one. Only a process on the appliance can open
+        it (a TCP handshake from a spoofed address does not complete); it may C-ECHO but never store."""
+        if calling != self.cfg.router.ae_title:
+            return False
+        try:
+            return ipaddress.ip_address(address).is_loopback or address == self.cfg.router.bind
+        except ValueError:
+            return False
 
     def on_accepted(self, event: evt.Event) -> None:
         a = event.assoc
@@ -204,6 +219,12 @@ class Receiver:
             return Status.CANNOT_UNDERSTAND
 
         source_node = routing.sources_by_ae.get(calling)
+        if source_node is None and not cfg.router.accept_unknown_callers:
+            # Only a self-check association gets here (see on_requested): it may echo, not store.
+            tmp.discard()
+            log(LOG, logging.WARNING, f"refused storage from the self-check AE title {calling}", **ctx)
+            self.audit.record("receive", "failure", reason="self-check association may not store", **ctx)
+            return _STATUS_NOT_AUTHORIZED
         targets, _ = rules.evaluate(
             cfg, rules.Facts(calling_ae=calling, called_ae=called, source_node=source_node, tags=facts.values)
         )

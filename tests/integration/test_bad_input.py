@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.support.data import PYDICOM_TEST_FILES, make_ct_series
-from tests.support.peers import REPO, Router, StoreSCP, dest_node, storescu, wait_until
+from tests.support.peers import REPO, Router, StoreSCP, dcmtk, dest_node, storescu, wait_until
 
 GOOD = PYDICOM_TEST_FILES / "CT_small.dcm"
 
@@ -41,6 +41,28 @@ def test_unknown_calling_and_wrong_called_ae_are_rejected_with_reasons(tmp_path:
         assert storescu(router.port, [GOOD]).returncode == 0
         router.wait_delivered(1)
         assert router.status()["instances"]["instances"] == 1
+    finally:
+        router.stop()
+        scp.stop()
+
+
+def test_self_check_echo_from_loopback_is_answered_but_may_not_store(tmp_path: Path) -> None:
+    """Ansible's health check and monitoring C-ECHO the router as itself from the appliance."""
+    scp = StoreSCP(tmp_path, "PACS").start()
+    router = _router(tmp_path, scp).start()
+    try:
+        echo = subprocess.run(
+            [dcmtk("echoscu"), "-aet", "DICOM_ROUTER", "-aec", "DICOM_ROUTER", "127.0.0.1", str(router.port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert echo.returncode == 0, echo.stderr
+        res = storescu(router.port, [GOOD], calling="DICOM_ROUTER")
+        # 0x0124 Refused: Not Authorized (PS3.7 general status); DCMTK prints it as an unknown status.
+        assert "Status: 0x124" in res.stderr
+        assert "refused storage from the self-check AE title DICOM_ROUTER" in router.log_text()
+        assert router.status()["instances"]["instances"] == 0
     finally:
         router.stop()
         scp.stop()

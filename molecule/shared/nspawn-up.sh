@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Boot a throwaway Debian 12 container for molecule: systemd-nspawn of the rootfs made by
+# tools/mkrootfs.sh, writes kept in a tmpfs overlay (--volatile=overlay) so the rootfs stays clean
+# and every scenario starts from the same state. --private-network: the container's sshd and nftables
+# must not touch the host's network (it gets its own loopback only).
+#   nspawn-up.sh NAME ROOTFS    -> prints the path of the `enter` wrapper for Ansible's chroot connection
+set -euo pipefail
+name=${1:?name} rootfs=${2:?rootfs}
+run=/run/appliance-molecule/$name
+
+[ -x "$rootfs/bin/sh" ] || { echo "nspawn-up: no rootfs at $rootfs (make molecule-rootfs)" >&2; exit 2; }
+"$(dirname "$0")/nspawn-down.sh" "$name" >/dev/null 2>&1 || true
+mkdir -p "$run"
+
+setsid systemd-nspawn --quiet --boot --register=no --keep-unit --private-network \
+  --volatile=overlay --console=passive --machine="$name" --directory="$rootfs" \
+  >"$run/console.log" 2>&1 </dev/null &
+echo $! >"$run/nspawn.pid"
+
+# The container's PID 1 is nspawn's child.
+leader=""
+for _ in $(seq 100); do
+  leader=$(pgrep -P "$(cat "$run/nspawn.pid")" | head -1 || true)
+  [ -n "$leader" ] && break
+  sleep 0.1
+done
+[ -n "$leader" ] || { echo "nspawn-up: container $name did not start:" >&2; cat "$run/console.log" >&2; exit 1; }
+echo "$leader" >"$run/leader.pid"
+
+# Ansible's chroot connection runs `<exe> <chroot_dir> <command…>`; this runs the command inside
+# the booted container's namespaces instead, with a clean environment.
+cat >"$run/enter" <<WRAP
+#!/bin/sh
+shift
+exec nsenter -t $leader -m -u -i -n -p -C -r -w \\
+  env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "\$@"
+WRAP
+chmod 755 "$run/enter"
+
+# Wait for systemd to finish booting ("degraded" is fine: chrony and auditd cannot run in a container).
+state=""
+for _ in $(seq 120); do
+  state=$("$run/enter" / systemctl is-system-running 2>/dev/null || true)
+  case "$state" in running|degraded) break ;; esac
+  sleep 0.5
+done
+case "$state" in running|degraded) ;; *)
+  echo "nspawn-up: container $name did not finish booting (state: ${state:-none})" >&2; exit 1 ;;
+esac
+echo "$run/enter"
