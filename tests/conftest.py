@@ -5,8 +5,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.appliance import molecule_runner  # noqa: E402
 from tests.support.data import make_ct_series  # noqa: E402
 from tests.support.peers import stop_all  # noqa: E402
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the molecule scenarios now if their test was collected: they run beside the suite."""
+    if any(item.name == "test_molecule_scenarios" for item in session.items):
+        molecule_runner.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    molecule_runner.stop_all()
 
 
 @pytest.fixture(autouse=True)

@@ -17,10 +17,12 @@ setsid systemd-nspawn --quiet --boot --register=no --keep-unit --private-network
   >"$run/console.log" 2>&1 </dev/null &
 echo $! >"$run/nspawn.pid"
 
-# The container's PID 1 is nspawn's child.
+# The container's PID 1 (systemd) is a child of nspawn; nspawn forks helpers first, so wait for systemd.
 leader=""
-for _ in $(seq 100); do
-  leader=$(pgrep -P "$(cat "$run/nspawn.pid")" | head -1 || true)
+for _ in $(seq 300); do
+  for pid in $(pgrep -P "$(cat "$run/nspawn.pid")" || true); do
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = systemd ] && leader=$pid
+  done
   [ -n "$leader" ] && break
   sleep 0.1
 done
@@ -39,12 +41,13 @@ chmod 755 "$run/enter"
 
 # Wait for systemd to finish booting ("degraded" is fine: chrony and auditd cannot run in a container).
 state=""
-for _ in $(seq 120); do
+for _ in $(seq 360); do  # up to 3 minutes: several containers may boot at once on a loaded machine
   state=$("$run/enter" / systemctl is-system-running 2>/dev/null || true)
   case "$state" in running|degraded) break ;; esac
   sleep 0.5
 done
 case "$state" in running|degraded) ;; *)
-  echo "nspawn-up: container $name did not finish booting (state: ${state:-none})" >&2; exit 1 ;;
+  echo "nspawn-up: container $name did not finish booting (state: ${state:-none}); its console:" >&2
+  tail -20 "$run/console.log" >&2; exit 1 ;;
 esac
 echo "$run/enter"

@@ -8,12 +8,12 @@ locally and fail under CI.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.appliance import molecule_runner
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv-ansible" / "bin"
@@ -71,35 +71,16 @@ def test_a_missing_required_variable_is_named_with_its_description(toolchain: No
     assert "Gathering Facts" not in out  # it stopped before touching the host
 
 
-def test_molecule_scenarios(toolchain: None, tmp_path: Path) -> None:
-    """Every scenario: destroy, syntax, create, converge, idempotence (where listed), verify, destroy.
-
-    They run side by side (each in its own container): the time goes to waiting, not to the CPU."""
-    _need(os.geteuid() == 0, "root, for systemd-nspawn")
-    _need(shutil.which("systemd-nspawn") is not None, "systemd-nspawn (apt install systemd-container)")
-    _need((REPO / "build/molecule-rootfs/.done").exists(), "the rootfs (make molecule-rootfs)")
-    _need((REPO / "build/wheelhouse/RELEASE").exists(), "the wheelhouse (make wheelhouse)")
-    scenarios = sorted(p.parent.name for p in (REPO / "molecule").glob("*/molecule.yml"))
-    started = time.monotonic()
-    procs = {}
-    for name in scenarios:
-        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed below
-        procs[name] = (
-            subprocess.Popen(
-                [str(BIN / "molecule"), "test", "-s", name],
-                cwd=REPO,
-                env={**_env(), "ANSIBLE_NOCOLOR": "1", "PY_COLORS": "0", "ANSIBLE_FORCE_COLOR": "0"},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            ),
-            log,
-        )
+def test_molecule_scenarios() -> None:
+    """destroy, syntax, create, converge, idempotence (default), verify, destroy — for each scenario in
+    molecule_runner.SUITE_SCENARIOS, started in the background when the suite was collected."""
+    missing = molecule_runner.missing_prerequisite()
+    _need(missing is None, str(missing))
+    results = molecule_runner.wait_all()
+    assert results, "no molecule scenario was started"
     failed = []
-    for name, (proc, log) in procs.items():
-        rc = proc.wait(timeout=1500)
-        log.close()
-        text = (tmp_path / f"{name}.log").read_text()
-        print(f"molecule {name}: rc={rc} after {time.monotonic() - started:.0f} s")
+    for name, rc, seconds, log in results:
+        print(f"molecule {name}: exit {rc} after {seconds:.0f} s (log {log})")
         if rc != 0:
-            failed.append(f"--- molecule scenario {name} failed (rc={rc}); last lines:\n{text[-8000:]}")
+            failed.append(f"--- molecule scenario {name} failed (exit {rc}); last lines:\n{log.read_text()[-8000:]}")
     assert not failed, "\n".join(failed)
