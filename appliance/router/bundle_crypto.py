@@ -148,11 +148,17 @@ def read_passphrase_file(path: Path) -> Secret:
 
 
 def loosely_readable(path: Path) -> bool:
-    """True when group or others may read a secret file (worth a warning: it should be 0600)."""
+    """True when a secret file is open to more than its owner (worth a warning: it should be 0600).
+
+    One layout is deliberate and not loose: owned by root and readable (not writable) by the group, as
+    the appliance's backup role deploys it (root:dicom-router 0640) so the service can read but not change it."""
     try:
-        return bool(Path(path).stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+        st = Path(path).stat()
     except OSError:
         return False
+    if st.st_mode & stat.S_IRWXO or st.st_mode & (stat.S_IWGRP | stat.S_IXGRP):
+        return True
+    return bool(st.st_mode & stat.S_IRGRP) and st.st_uid != 0
 
 
 def write_key_file(path: Path) -> None:

@@ -33,7 +33,11 @@ def _error(message: str, code: int = EXIT_FAIL) -> int:
 # -- secrets -----------------------------------------------------------------------------------------
 def _warn_loose(path: Path) -> None:
     if bc.loosely_readable(path):
-        print(f"warning: {path} is readable by group or others: chmod 600 {path}", file=sys.stderr)
+        print(
+            f"warning: {path} is readable by group or others: chmod 600 {path} "
+            "(or root-owned 0640 with the router's group, as the backup role deploys it)",
+            file=sys.stderr,
+        )
 
 
 def resolve_secret(args: argparse.Namespace, cfg: RouterConfig | None, *, create: bool) -> bc.Secret:

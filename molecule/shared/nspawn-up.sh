@@ -26,7 +26,8 @@ for _ in $(seq 300); do
   [ -n "$leader" ] && break
   sleep 0.1
 done
-[ -n "$leader" ] || { echo "nspawn-up: container $name did not start:" >&2; cat "$run/console.log" >&2; exit 1; }
+[ -n "$leader" ] || { echo "nspawn-up: container $name did not start:" >&2; cat "$run/console.log" >&2
+                      "$(dirname "$0")/nspawn-down.sh" "$name"; exit 1; }
 echo "$leader" >"$run/leader.pid"
 
 # Ansible's chroot connection runs `<exe> <chroot_dir> <command…>`; this runs the command inside
@@ -48,6 +49,6 @@ for _ in $(seq 360); do  # up to 3 minutes: several containers may boot at once 
 done
 case "$state" in running|degraded) ;; *)
   echo "nspawn-up: container $name did not finish booting (state: ${state:-none}); its console:" >&2
-  tail -20 "$run/console.log" >&2; exit 1 ;;
+  tail -20 "$run/console.log" >&2; "$(dirname "$0")/nspawn-down.sh" "$name"; exit 1 ;;
 esac
 echo "$run/enter"

@@ -80,7 +80,9 @@ def test_passphrase_round_trip_with_the_real_scrypt_cost() -> None:
     took = time.monotonic() - t0
     h = bc.read_header(io.BytesIO(blob))
     assert h.kdf == {"kind": "scrypt", "n": 2**17, "r": 8, "p": 1}
-    assert took < 3, f"key derivation took {took:.2f} s"  # about 0.5 s on the 2-core appliance
+    # The cost is fixed by the parameters above (about 0.5 s and 128 MiB on the 2-core appliance); the time is
+    # printed, not asserted: a loaded CI machine is no measure of it.
+    print(f"scrypt n=2^17 key derivation took {took:.2f} s")
     assert unseal(blob, bc.Secret.passphrase("correct horse battery staple", "again")) == b"payload"
 
 
@@ -213,6 +215,10 @@ def test_keygen_writes_a_private_key_file_and_never_overwrites(tmp_path: Path) -
     assert bc.loosely_readable(path) is False
     path.chmod(0o644)
     assert bc.loosely_readable(path) is True
+    path.chmod(0o660)  # group may change it
+    assert bc.loosely_readable(path) is True
+    path.chmod(0o640)  # group may read it: fine only for root's file (root:dicom-router, the backup role's layout)
+    assert bc.loosely_readable(path) is (os.stat(path).st_uid != 0)
 
 
 def test_key_files_raw_or_base64(tmp_path: Path) -> None:
