@@ -37,7 +37,7 @@ LOG = logging.getLogger("router.receiver")
 
 # A-ASSOCIATE-RJ (result, source, reason) per PS3.8 Table 9-21.
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
-_STATUS_NOT_AUTHORIZED = 0x0124  # Refused: Not Authorized (PS3.7 C.4.1.1.4)
+_STATUS_NOT_AUTHORIZED = 0x0124  # Refused: Not Authorized (PS3.7 Annex C, general status)
 _REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 _REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, local limit exceeded: the sender will retry
 
@@ -220,10 +220,16 @@ class Receiver:
 
         source_node = routing.sources_by_ae.get(calling)
         if source_node is None and not cfg.router.accept_unknown_callers:
-            # Only a self-check association gets here (see on_requested): it may echo, not store.
+            # A self-check association (see on_requested) gets here, or a source removed by a reload
+            # while its association was open: neither may store.
             tmp.discard()
-            log(LOG, logging.WARNING, f"refused storage from the self-check AE title {calling}", **ctx)
-            self.audit.record("receive", "failure", reason="self-check association may not store", **ctx)
+            log(
+                LOG,
+                logging.WARNING,
+                f"refused storage from {calling}: not a configured source (a self-check association may only C-ECHO)",
+                **ctx,
+            )
+            self.audit.record("receive", "failure", reason="calling AE title not a configured source", **ctx)
             return _STATUS_NOT_AUTHORIZED
         targets, _ = rules.evaluate(
             cfg, rules.Facts(calling_ae=calling, called_ae=called, source_node=source_node, tags=facts.values)

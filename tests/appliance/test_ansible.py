@@ -1,4 +1,4 @@
-"""The Ansible side of the appliance: lint, syntax, the inventory check, and every molecule scenario.
+"""The Ansible side of the appliance: lint, syntax, the inventory check, and the suite's molecule scenarios.
 
 Molecule boots systemd-nspawn containers of build/molecule-rootfs (root, mmdebstrap, systemd-container);
 `make test` builds the rootfs, the wheelhouse and .venv-ansible first. Without root these tests skip
