@@ -80,7 +80,10 @@ class QueueCounts:
 
     @property
     def pending(self) -> int:
-        return sum(self.jobs.get(s, 0) for s in (JobState.QUEUED, JobState.SENDING, JobState.HELD, JobState.FAILED))
+        return sum(
+            self.jobs.get(s, 0)
+            for s in (JobState.QUEUED, JobState.SENDING, JobState.HELD, JobState.FAILED, JobState.WAITING)
+        )
 
 
 def _counts_table(live: QueueCounts | None, bundle: QueueCounts | None) -> list[str]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from .cli_backup import add_backup_commands
 from .cli_common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, load_or_exit, print_json
 from .cli_config import add_config_commands
+from .cli_rules import add_rules_commands
 from .config import DEFAULT_CONFIG_PATH, ConfigError, RouterConfig, load_config
 
 if TYPE_CHECKING:  # the CLI imports pynetdicom and SQLite code only for the commands that need them
@@ -198,15 +199,24 @@ def cmd_queue_ls(args: argparse.Namespace) -> int:
     print(f"{total} job(s) match; showing {len(jobs)} from {args.offset}")
     print(
         f"  {'JOB':>7} {'STATE':<9} {'DESTINATION':<14} {'TRIES':>5} {'MOD':<4} {'ACCESSION':<14} "
-        f"{'RECEIVED':<19}  LAST ERROR"
+        f"{'RECEIVED':<19}  LAST ERROR / WHY"
     )
     for j in jobs:
-        err = (j.last_error or "")[:60]
+        err = (j.last_error or _why(store, j.id, j.state) or "")[:60]
         print(
             f"  {j.id:>7} {j.state:<9} {j.destination:<14} {j.attempts:>5} {j.modality or '-':<4} "
             f"{(j.accession or '-'):<14} {_fmt_time(j.received_at):<19}  {err}"
         )
     return EXIT_OK
+
+
+def _why(store: Store, job_id: int, state: str) -> str | None:
+    """For a job that is not sending by design (held by a route or a UID conflict, skipped as a duplicate,
+    waiting for its study): the reason, from its latest event."""
+    if state not in ("held", "skipped", "waiting"):
+        return None
+    events = store.job_events(job_id)
+    return str(events[-1].get("detail") or "") if events else None
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
@@ -332,7 +342,11 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--destination", help="destination node name")
-    p.add_argument("--state", help="job state(s), comma-separated: queued,sending,done,failed,held,cancelled")
+    p.add_argument(
+        "--state",
+        help="job state(s), comma-separated: queued,sending,waiting,done,failed,held,skipped,cancelled "
+        "(or unrouted with queue ls)",
+    )
     p.add_argument("--study", help="Study Instance UID")
     p.add_argument("--sop", help="SOP Instance UID")
     p.add_argument("--accession", help="Accession Number")
@@ -356,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_config_commands(sub, _add_config)
     add_backup_commands(sub, _add_config)
+    add_rules_commands(sub, _add_config)
 
     p = sub.add_parser("echo", help="C-ECHO a configured node or AE@HOST:PORT")
     p.add_argument("target")
@@ -396,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(q)
     q.set_defaults(func=cmd_queue_show)
     for action, text in (
-        ("retry", "send failed (or backing-off) jobs again now"),
+        ("retry", "send failed (or backing-off) jobs again now; skipped duplicates are sent anyway"),
         ("hold", "stop sending jobs until released"),
         ("release", "let held jobs be sent"),
         ("cancel", "never send these jobs (the object is kept until no job needs it)"),

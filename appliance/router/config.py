@@ -11,14 +11,18 @@ import enum
 import fnmatch
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
-from pydicom.datadict import keyword_dict
+from pydicom.datadict import dictionary_VR, keyword_dict
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
+
+from .morph import MorphProfile
 
 DEFAULT_CONFIG_PATH = Path("/etc/dicom-router/router.yaml")
 
@@ -92,6 +96,12 @@ class Node(Strict):
     retry: RetryPolicy = RetryPolicy()
     circuit: CircuitPolicy = CircuitPolicy()
     max_pdu: int = Field(0, ge=0, description="largest PDU we accept from this peer; 0 = no limit")
+    environment: Literal["production", "test"] = Field(
+        "production", description="test nodes are labelled everywhere; routes may not mix environments"
+    )
+    morph: list[str] = Field(
+        default_factory=list, description="morph profiles applied to everything sent to this node (after the route's)"
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -119,6 +129,19 @@ class MatchOp(Strict):
     regex: str | None = None
     present: bool | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `Modality: CT` is shorthand for equals; a string with * or ? is a glob.
+        if isinstance(value, str):
+            return {"glob": value} if any(c in value for c in "*?[") else {"equals": value}
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # YAML has already turned `0123` into 123: refuse rather than silently never match "0123".
+            raise ValueError(
+                f"the value {value} is a number: write it in quotes (e.g. '{value}') so it is kept as written"
+            )
+        return value
+
     @model_validator(mode="after")
     def _exactly_one(self) -> MatchOp:
         given = [k for k in ("equals", "glob", "regex", "present") if getattr(self, k) is not None]
@@ -130,10 +153,17 @@ class MatchOp(Strict):
             try:
                 re.compile(self.regex)
             except re.error as exc:
-                raise ValueError(f"regex '{self.regex}' does not compile: {exc}") from exc
+                raise ValueError(
+                    f"regex '{self.regex}' does not compile: {exc} — fix the pattern (Python regex syntax, "
+                    "it must match the whole value)"
+                ) from exc
         return self
 
-    def matches(self, value: str | None) -> bool:
+    def matches(self, value: str | tuple[str, ...] | None) -> bool:
+        if isinstance(value, tuple):  # a path into a sequence: any item's value may match
+            if self.present is not None:
+                return bool(value) == self.present
+            return any(self.matches(v) for v in value)
         if self.present is not None:
             return (value is not None) == self.present
         if value is None:
@@ -155,30 +185,142 @@ class MatchOp(Strict):
         return f"matches regex '{self.regex}'"
 
 
-def _as_match_op(value: Any) -> Any:
-    # `Modality: CT` is shorthand for equals; a string with * or ? is a glob.
-    if isinstance(value, str):
-        return {"glob": value} if any(c in value for c in "*?[") else {"equals": value}
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        # YAML has already turned `0123` into 123: refuse rather than silently never match "0123".
-        raise ValueError(f"the value {value} is a number: write it in quotes (e.g. '{value}') so it is kept as written")
-    return value
+class Condition(Strict):
+    """A `match` block: every key test holds, every `all` member holds, at least one `any` member holds,
+    and the `not` block does not hold. In YAML the key tests sit directly in the block:
+
+        match: {Modality: CT, any: [{source_node: ct-north}, {source_node: ct-south}], not: {ImageType: '*LOCALIZER*'}}
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    tests: dict[str, MatchOp] = Field(default_factory=dict)
+    all_of: list[Condition] = Field(default_factory=list, alias="all")
+    any_of: list[Condition] = Field(default_factory=list, alias="any")
+    none_of: Condition | None = Field(None, alias="not")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or "tests" in value:
+            return value
+        out: dict[str, Any] = {"tests": {}}
+        for key, item in value.items():
+            if key in ("all", "any"):
+                if not isinstance(item, list) or not item:
+                    raise ValueError(f"'{key}' takes a list of one or more conditions, e.g. {key}: [{{Modality: CT}}]")
+                out[key] = item
+            elif key == "not":
+                out["not"] = item
+            else:
+                out["tests"][key] = item
+        return out
+
+    def is_empty(self) -> bool:
+        return not (self.tests or self.all_of or self.any_of or self.none_of)
+
+    def operators_for(self, key: str) -> list[MatchOp]:
+        """Every test of `key` anywhere in this block, nested blocks included."""
+        found = [op for k, op in self.tests.items() if k == key]
+        for child in (*self.all_of, *self.any_of, *([self.none_of] if self.none_of else [])):
+            found += child.operators_for(key)
+        return found
+
+    def tested_keys(self) -> list[str]:
+        """Every key tested anywhere in this block (nested blocks included), in order, once."""
+        seen: dict[str, None] = dict.fromkeys(self.tests)
+        for child in (*self.all_of, *self.any_of, *([self.none_of] if self.none_of else [])):
+            seen.update(dict.fromkeys(child.tested_keys()))
+        return list(seen)
+
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class TimeWindow(Strict):
+    """When a route applies, in the appliance's local time. `between` may cross midnight (18:00-07:00);
+    `days` is the calendar day at the moment the object arrives."""
+
+    days: list[Day] | None = None
+    between: str | None = None
+
+    @field_validator("days", mode="before")
+    @classmethod
+    def _lowercase_days(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [str(v).lower()[:3] if isinstance(v, str) and str(v).lower()[:3] in _DAYS else v for v in value]
+        return value
+
+    @field_validator("between")
+    @classmethod
+    def _hh_mm_range(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        m = re.fullmatch(r"\s*([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([0-5]\d)\s*", value)
+        if not m:
+            raise ValueError(f"between '{value}' is not a time range like 18:00-07:00 (24-hour HH:MM-HH:MM)")
+        if m.group(1, 2) == m.group(3, 4):
+            raise ValueError(f"between '{value}' starts and ends at the same minute: leave `between` out for all day")
+        return f"{m.group(1)}:{m.group(2)}-{m.group(3)}:{m.group(4)}"
+
+    @model_validator(mode="after")
+    def _something(self) -> TimeWindow:
+        if not self.days and self.between is None:
+            raise ValueError("a time window needs days, between, or both (e.g. {days: [sat, sun]})")
+        return self
+
+    def contains(self, when: datetime) -> bool:
+        if self.days and _DAYS[when.weekday()] not in self.days:
+            return False
+        if self.between is None:
+            return True
+        start, end = self.between.split("-")
+        now = when.strftime("%H:%M")
+        return start <= now < end if start < end else (now >= start or now < end)
+
+    def describe(self) -> str:
+        parts = [",".join(self.days)] if self.days else []
+        if self.between:
+            parts.append(self.between)
+        return " ".join(parts)
 
 
 class Route(Strict):
     name: str = Field(min_length=1)
-    match: dict[str, MatchOp] = Field(default_factory=dict)
+    match: Condition = Field(default_factory=Condition)
+    when: list[TimeWindow] = Field(
+        default_factory=list, description="the route applies only inside one of these windows (local time)"
+    )
     to: list[str] = Field(min_length=1)
     priority: Priority = Priority.routine
+    action: Literal["forward", "hold"] = Field(
+        "forward", description="hold = the jobs wait as held (quarantine/review) until an operator releases them"
+    )
+    hold_reason: str | None = Field(None, description="shown with each held job")
+    forward: Literal["instance", "series", "study"] = Field(
+        "instance", description="send each object at once, or wait until its series / study is complete"
+    )
+    morph: list[str] = Field(default_factory=list, description="morph profiles applied on the way out, in order")
+    transcode: Literal["decompress", "never"] = Field(
+        "decompress",
+        description="if a destination refuses the object's compressed transfer syntax: decompress (lossless) or fail",
+    )
+    allow_environment_crossing: bool = Field(
+        False, description="allow this route to carry objects between test and production nodes"
+    )
 
     @field_validator("match", mode="before")
     @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        if value is None:
-            return {}
-        if isinstance(value, dict):
-            return {k: _as_match_op(v) for k, v in value.items()}
-        return value
+    def _none_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
 
     @field_validator("priority", mode="before")
     @classmethod
@@ -193,7 +335,7 @@ class Route(Strict):
         return value
 
     def tag_keywords(self) -> list[str]:
-        return [k for k in self.match if k not in ASSOCIATION_KEYS]
+        return [k for k in self.match.tested_keys() if k not in ASSOCIATION_KEYS]
 
 
 class Retention(Strict):
@@ -244,6 +386,13 @@ class BackupSettings(Strict):
         return self
 
 
+class StudySettings(Strict):
+    quiet_seconds: float = Field(
+        120.0, gt=0, description="a study (or series) with no new object for this long is complete"
+    )
+    keep_days: float = Field(30.0, gt=0, description="forget a completed study's tracking after this many days")
+
+
 class RouterSettings(Strict):
     ae_title: str = "DICOM_ROUTER"
     bind: str = "0.0.0.0"
@@ -268,6 +417,12 @@ class RouterSettings(Strict):
     tls_dir: Path = Field(Path("tls"), description="CA, certificates and keys; relative = next to the config file")
     timeouts: Timeouts = Timeouts()
     retention: Retention = Retention()
+    studies: StudySettings = StudySettings()
+    on_conflict: Literal["hold", "forward"] = Field(
+        "hold",
+        description="a different object arriving with an already-seen SOP Instance UID: hold its jobs to "
+        "destinations that have the other version, or forward anyway",
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -279,6 +434,7 @@ class RouterConfig(Strict):
     router: RouterSettings = RouterSettings()
     nodes: dict[str, Node] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
+    morph_profiles: dict[str, MorphProfile] = Field(default_factory=dict)
     backup: BackupSettings = BackupSettings()
     _source_sha256: str = PrivateAttr("")
 
@@ -391,7 +547,7 @@ def _pydantic_problems(doc: Any, exc: ValidationError) -> list[Problem]:
     problems = []
     for err in exc.errors():
         # Pydantic adds a pseudo-location for union members and validator modes; drop them.
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith("function-") or p == "tests")))
         msg = _FIX_HINTS.get(err["type"], err["msg"])
         if err["type"] == "value_error":
             msg = str(err["msg"]).removeprefix("Value error, ")
@@ -424,6 +580,7 @@ def _semantic_problems(doc: Any) -> list[Problem]:
         seen_ae.setdefault(ae, name)
 
     routes = doc.get("routes") if isinstance(doc.get("routes"), list) else []
+    profiles = doc.get("morph_profiles") if isinstance(doc.get("morph_profiles"), dict) else {}
     names: set[str] = set()
     destinations = sorted(n for n, r in roles.items() if r in ("destination", "both"))
     for i, route in enumerate(routes):
@@ -447,26 +604,69 @@ def _semantic_problems(doc: Any) -> list[Problem]:
                     f"node '{dest}' has role {roles[dest]}: a route can only send to a node with "
                     "role destination or both",
                 )
-        match: dict[str, Any] = route["match"] if isinstance(route.get("match"), dict) else {}
-        for key, op in match.items():
+        for loc, key, op in _condition_tests(route.get("match"), ("routes", i, "match")):
             if key == "source_node":
                 wanted = op if isinstance(op, str) else (op.get("equals") if isinstance(op, dict) else None)
                 if wanted is not None and wanted not in nodes:
-                    add(("routes", i, "match", key), f"source node '{wanted}' is not a node in this file")
+                    add(loc, f"source node '{wanted}' is not a node in this file")
                 continue
             if key in ASSOCIATION_KEYS:
                 continue
-            if key not in keyword_dict:
-                close = difflib.get_close_matches(str(key), list(keyword_dict), n=1, cutoff=0.8)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                add(
-                    ("routes", i, "match", key),
-                    f"'{key}' is not a DICOM keyword nor one of {', '.join(sorted(ASSOCIATION_KEYS))}{hint}",
-                )
+            problem = keyword_path_problem(str(key))
+            if problem:
+                add(loc, problem)
+        morphs: list[Any] = route["morph"] if isinstance(route.get("morph"), list) else []
+        for j, name in enumerate(morphs):
+            if name not in profiles:
+                add(("routes", i, "morph", j), _unknown_profile(name, profiles))
+    for name, node in nodes.items():
+        morphs = node["morph"] if isinstance(node, dict) and isinstance(node.get("morph"), list) else []
+        for j, profile in enumerate(morphs):
+            if profile not in profiles:
+                add(("nodes", name, "morph", j), _unknown_profile(profile, profiles))
+        if morphs and roles.get(name) == "source":
+            add(("nodes", name, "morph"), "morph applies to objects sent TO a node: this node has role source")
     router = doc.get("router") if isinstance(doc.get("router"), dict) else {}
     if router.get("state_dir") is not None and router.get("state_dir") == router.get("log_dir"):
         add(("router", "log_dir"), "log_dir must differ from state_dir")
     return problems
+
+
+def _condition_tests(block: Any, loc: tuple[int | str, ...]) -> Iterator[tuple[tuple[int | str, ...], Any, Any]]:
+    """(location, key, operator) of every key test in a raw `match` block, nested blocks included."""
+    if not isinstance(block, dict):
+        return
+    for key, value in block.items():
+        if key in ("all", "any") and isinstance(value, list):
+            for n, child in enumerate(value):
+                yield from _condition_tests(child, (*loc, key, n))
+        elif key == "not":
+            yield from _condition_tests(value, (*loc, key))
+        else:
+            yield (*loc, key), key, value
+
+
+def keyword_path_problem(path: str) -> str | None:
+    """Why `path` cannot be matched on: a DICOM keyword, or Sequence.Keyword paths into sequence items."""
+    parts = path.split(".")
+    for n, part in enumerate(parts):
+        if part not in keyword_dict:
+            close = difflib.get_close_matches(part, list(keyword_dict), n=1, cutoff=0.8)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            if len(parts) == 1:
+                return f"'{part}' is not a DICOM keyword nor one of {', '.join(sorted(ASSOCIATION_KEYS))}{hint}"
+            return f"'{part}' in '{path}' is not a DICOM keyword{hint}"
+        if n < len(parts) - 1 and dictionary_VR(keyword_dict[part]) != "SQ":
+            return (
+                f"'{part}' in '{path}' is not a sequence: only a sequence (…Sequence) can be followed by "
+                "'.Keyword' to match inside its items"
+            )
+    return None
+
+
+def _unknown_profile(name: Any, profiles: dict[str, Any]) -> str:
+    known = ", ".join(sorted(profiles)) or "none defined"
+    return f"morph profile '{name}' is not defined under morph_profiles (defined: {known})"
 
 
 def parse_config(text: str, source: str = "<config>") -> RouterConfig:
@@ -489,6 +689,11 @@ def parse_config(text: str, source: str = "<config>") -> RouterConfig:
     except ValidationError as exc:
         problems += _pydantic_problems(doc, exc)
     problems += _semantic_problems(doc)
+    if cfg is not None and not problems:
+        from .rules import environment_problems  # rules imports this module
+
+        for loc, message in environment_problems(cfg):
+            problems.append(Problem(_dotted(loc), message, _line_of(doc, loc)))
     if problems or cfg is None:
         problems.sort(key=lambda p: p.line or 0)
         raise ConfigError(source, problems)

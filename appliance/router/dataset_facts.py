@@ -7,12 +7,13 @@ the file (it reads what is there), so we compare each element's declared length 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
@@ -25,6 +26,9 @@ INDEX_KEYWORDS = (
     "PatientID",
     "AccessionNumber",
     "Modality",
+    # Study/series completeness: how many instances the sender says there are (seldom sent; absent = None).
+    "NumberOfStudyRelatedInstances",
+    "NumberOfSeriesRelatedInstances",
 )
 
 
@@ -35,10 +39,22 @@ class UnreadableDataset(Exception):
 @dataclass(frozen=True)
 class DatasetFacts:
     transfer_syntax: str
-    values: dict[str, str | None]  # keyword → value as text (multi-valued joined with '\\'), None if absent
+    # keyword → value as text (multi-valued joined with '\\'), None if absent; a Sequence.Keyword path →
+    # the values found in the sequence's items (empty tuple when there are none)
+    values: dict[str, str | tuple[str, ...] | None]
 
     def get(self, keyword: str) -> str | None:
-        return self.values.get(keyword)
+        value = self.values.get(keyword)
+        return None if isinstance(value, tuple) else value
+
+    def count(self, keyword: str) -> int | None:
+        """A positive integer value (an IS such as NumberOfStudyRelatedInstances), or None when absent,
+        empty or not a number: a count the router cannot trust is no count."""
+        try:
+            n = int((self.get(keyword) or "").strip())
+        except ValueError:
+            return None
+        return n if n > 0 else None
 
 
 def _as_text(value: object) -> str | None:
@@ -50,6 +66,20 @@ def _as_text(value: object) -> str | None:
         return value.decode("ascii", "replace")
     text = str(value)
     return text
+
+
+def _path_values(ds: Dataset, parts: list[str]) -> Iterator[str]:
+    """Values at Sequence.….Keyword in every item (nested sequences: every item of every item)."""
+    head, rest = parts[0], parts[1:]
+    if head not in ds:
+        return
+    if not rest:
+        text = _as_text(ds.get(head))
+        if text is not None:
+            yield text
+        return
+    for item in ds.get(head) or ():
+        yield from _path_values(item, rest)
 
 
 def read_facts(path: Path, extra_keywords: Iterable[str] = ()) -> DatasetFacts:
@@ -76,12 +106,15 @@ def read_facts(path: Path, extra_keywords: Iterable[str] = ()) -> DatasetFacts:
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts is None:
         raise UnreadableDataset("the file meta has no Transfer Syntax UID")
-    values: dict[str, str | None] = {}
+    values: dict[str, str | tuple[str, ...] | None] = {}
     for kw in (*INDEX_KEYWORDS, *extra_keywords):
         if kw in values:
             continue
         try:
-            values[kw] = _as_text(ds.get(kw)) if kw in ds else None
+            if "." in kw:
+                values[kw] = tuple(_path_values(ds, kw.split(".")))
+            else:
+                values[kw] = _as_text(ds.get(kw)) if kw in ds else None
         except Exception as exc:
             raise UnreadableDataset(f"cannot read {kw}: {type(exc).__name__}: {exc}") from exc
     if not values.get("SOPInstanceUID") or not values.get("SOPClassUID"):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pynetdicom import AE, Association
 
+from . import outgoing, transcode
 from .audit import AuditLog
 from .config import ConfigError, Node, RouterConfig, load_config
 from .dicom_status import Outcome, classify_store_status, describe
@@ -35,6 +36,7 @@ CLAIM_BATCH = 8  # jobs a worker takes at once: fewer transactions, association 
 IDLE_RECHECK_SECONDS = 1.0  # an idle worker re-checks the queue this often even without a doorbell
 IDLE_RELEASE_SECONDS = 5.0  # release an association left unused this long
 HEARTBEAT_SECONDS = 5.0  # how often `status` learns this process is alive (a small SQLite write)
+STUDY_CHECK_SECONDS = 2.0  # how often waiting per-study/per-series jobs are checked for completion
 BUSY_PEER_WAIT_SECONDS = 10.0  # an extra worker whose association the peer would not take waits this long
 
 
@@ -83,13 +85,23 @@ class Circuit:
 
 
 class DestinationPool:
-    def __init__(self, name: str, node: Node, cfg: RouterConfig, store: Store, spool: Spool, audit: AuditLog):
+    def __init__(
+        self,
+        name: str,
+        node: Node,
+        cfg: RouterConfig,
+        store: Store,
+        spool: Spool,
+        audit: AuditLog,
+        out: outgoing.OutgoingDir,
+    ):
         self.name = name
         self.node = node
         self.cfg = cfg
         self.store = store
         self.spool = spool
         self.audit = audit
+        self.outgoing = out
         self.peer = Peer.from_node(name, node)
         self.stop = threading.Event()
         self.abort_now = threading.Event()
@@ -163,7 +175,7 @@ class DestinationPool:
         self._local.worker_id = worker_id
         ae = make_ae(self.cfg.router.ae_title, self.node.timeouts)
         assoc: Association | None = None
-        accepted: set[tuple[str, str]] = set()
+        accepted = Negotiated()
         last_used = time.monotonic()
         while not self.stop.is_set():
             self.live[index] = assoc
@@ -187,9 +199,9 @@ class DestinationPool:
                     if not contexts:
                         continue
                     try:
-                        assoc, accepted = open_association(ae, self.peer, contexts)
+                        assoc, accepted = self._open(ae, [c for sop, ts in contexts for c in _proposals(sop, ts)])
                     except AssociationFailed as exc:
-                        assoc, accepted = None, set()
+                        assoc, accepted = None, Negotiated()
                         if exc.no_contexts:
                             # Reachable, but refuses these objects: let the batch path fail them one by one.
                             self.circuit.success()
@@ -256,51 +268,63 @@ class DestinationPool:
             return float("inf")
         return max(0.0, due - time.time())
 
+    def _open(self, ae: AE, contexts: list[tuple[str, str]]) -> tuple[Association, Negotiated]:
+        assoc, accepted = open_association(ae, self.peer, contexts)
+        proposed = set(list(dict.fromkeys(contexts))[:128])  # what open_association put to the peer
+        return assoc, Negotiated(accepted, proposed - accepted)
+
     def _send_batch(
         self,
         ae: AE,
         assoc: Association | None,
-        accepted: set[tuple[str, str]],
+        accepted: Negotiated,
         jobs: list[Job],
-    ) -> tuple[Association | None, set[tuple[str, str]]]:
+    ) -> tuple[Association | None, Negotiated]:
         pending = list(jobs)
         while pending:
             if self.stop.is_set() and self.abort_now.is_set():
                 break
             job = pending[0]
-            key = (job.sop_class_uid, job.transfer_syntax)
-            if assoc is None or not assoc.is_established or key not in accepted:
+            if assoc is None or not assoc.is_established or not accepted.decided(job):
                 assoc = _release(assoc)
-                wanted = [(j.sop_class_uid, j.transfer_syntax) for j in pending] + list(accepted)
+                wanted = [c for j in pending for c in _proposals(j.sop_class_uid, j.transfer_syntax)]
                 try:
-                    assoc, accepted = open_association(ae, self.peer, wanted)
+                    assoc, accepted = self._open(ae, wanted + sorted(accepted.accepted))
                 except AssociationFailed as exc:
                     if exc.no_contexts:
                         self.circuit.success()
                         for j in pending:
-                            self._fail(j, None, _no_context_reason(self.peer, j))
-                        return None, set()
+                            self._fail(j, None, _no_context_reason(self.peer, j, set()))
+                        return None, Negotiated()
                     self.circuit.failure(str(exc))
                     for j in pending:
                         self._retry_later(j, None, str(exc))
                     log(LOG, logging.WARNING, str(exc), destination=self.name)
-                    return None, set()
+                    return None, Negotiated()
                 self.circuit.success()
-                if key not in accepted:
-                    pending.pop(0)
-                    self._fail(job, None, _no_context_reason(self.peer, job))
-                    continue
             pending.pop(0)
-            assoc = self._send_one(assoc, job)
+            send_syntax = accepted.syntax_for(job)
+            if send_syntax is None:
+                self._fail(job, None, _no_context_reason(self.peer, job, accepted.syntaxes(job.sop_class_uid)))
+                continue
+            assoc = self._send_one(assoc, job, send_syntax)
         if pending:
             self.store.give_back([j.id for j in pending], time.time(), "router shutting down", self._claimant())
-        return assoc, accepted if assoc is not None else set()
+        return assoc, accepted if assoc is not None else Negotiated()
 
-    def _send_one(self, assoc: Association, job: Job) -> Association | None:
+    def _send_one(self, assoc: Association, job: Job, send_syntax: str) -> Association | None:
         path = self.spool.path(job.spool_key)
         if not path.exists():
             self._fail(job, None, f"spooled file {job.spool_key} is missing from {self.spool.root} — cannot send")
             return assoc
+        prepared = None
+        if job.morph or send_syntax != job.transfer_syntax:
+            try:
+                prepared = self._prepare(job, path, send_syntax)
+            except outgoing.CannotPrepare as exc:
+                self._fail(job, None, f"cannot prepare the object for {self.peer.describe()}: {exc}")
+                return assoc
+            path = prepared.path
         started = time.monotonic()
         try:
             status = store_file(assoc, path)
@@ -312,21 +336,62 @@ class DestinationPool:
                 f"no C-STORE response from {self.peer.describe()} within {self.node.timeouts.dimse:g} s "
                 "(association aborted or timed out)"
             )
+        finally:
+            outgoing.discard(prepared)
         if status is None:
             self._retry_later(job, None, error)
             log(LOG, logging.WARNING, error, destination=self.name, job=job.id)
             return _abort(assoc)
         outcome = classify_store_status(status)
         if outcome is Outcome.DELIVERED:
-            self._ack(job, status, time.monotonic() - started)
+            self._ack(job, status, time.monotonic() - started, prepared)
         elif outcome is Outcome.RETRY:
             self._retry_later(job, status, f"{self.peer.describe()} answered {describe(status)}")
         else:
             self._fail(job, status, f"{self.peer.describe()} answered {describe(status)}")
         return assoc
 
+    def _prepare(self, job: Job, path: Path, send_syntax: str) -> outgoing.Prepared:
+        """The morphed and/or decompressed copy for this destination; every morph is audited (hashes only)."""
+        try:
+            prepared = outgoing.prepare(
+                path,
+                self.outgoing,
+                send_syntax=send_syntax,
+                profile_names=job.morph,
+                profiles=self.cfg.morph_profiles,
+                uids=self.store,
+            )
+        except outgoing.CannotPrepare:
+            raise
+        except Exception as exc:  # pydicom cannot re-read or re-write the spooled object
+            raise outgoing.CannotPrepare(f"{type(exc).__name__}: {exc}") from exc
+        if job.morph:
+            self.audit.record(
+                "morph",
+                destination=self.name,
+                job=job.id,
+                sop_instance_uid=job.sop_instance_uid,
+                sent_sop_instance_uid=prepared.sop_instance_uid
+                if prepared.sop_instance_uid != job.sop_instance_uid
+                else None,
+                profiles=list(job.morph),
+                config_sha=self.cfg.source_sha256[:12] or None,
+                **outgoing.changes_for_audit(prepared.changes),
+            )
+        if prepared.decompressed_from:
+            self.audit.record(
+                "transcode",
+                destination=self.name,
+                job=job.id,
+                sop_instance_uid=job.sop_instance_uid,
+                from_syntax=prepared.decompressed_from,
+                to_syntax=prepared.transfer_syntax,
+            )
+        return prepared
+
     # -- outcomes -------------------------------------------------------------------------------
-    def _ack(self, job: Job, status: int, seconds: float) -> None:
+    def _ack(self, job: Job, status: int, seconds: float, prepared: outgoing.Prepared | None = None) -> None:
         keep = self.cfg.router.retention.keep_sent_hours > 0
         freed = self.store.ack(
             job.id,
@@ -346,6 +411,8 @@ class DestinationPool:
             accession=job.accession,
             status=f"0x{status:04X}",
             attempts=job.attempts,
+            sent_as=None if prepared is None else prepared.sop_instance_uid,
+            transfer_syntax=None if prepared is None else prepared.transfer_syntax,
         )
 
     def _claimant(self) -> str | None:
@@ -391,11 +458,64 @@ class DestinationPool:
         )
 
 
-def _no_context_reason(peer: Peer, job: Job) -> str:
+class Negotiated:
+    """What one association can carry: the (SOP class, transfer syntax) pairs the peer accepted, and
+    those it was offered and refused (so a refused original is not proposed again on the same association)."""
+
+    def __init__(self, accepted: set[tuple[str, str]] | None = None, refused: set[tuple[str, str]] | None = None):
+        self.accepted = accepted or set()
+        self.refused = refused or set()
+
+    def syntaxes(self, sop_class: str) -> set[str]:
+        return {ts for sop, ts in self.accepted if sop == sop_class}
+
+    def decided(self, job: Job) -> bool:
+        """Was this job's own encoding put to the peer on this association (accepted or not)?"""
+        key = (job.sop_class_uid, job.transfer_syntax)
+        return key in self.accepted or key in self.refused
+
+    def syntax_for(self, job: Job) -> str | None:
+        return transcode.choose_syntax(job.transfer_syntax, self.syntaxes(job.sop_class_uid), job.transcode)
+
+
+def _proposals(sop_class: str, stored_syntax: str) -> list[tuple[str, str]]:
+    """The object's own encoding first, then what it could be decompressed to (one context each, so the
+    peer says yes or no to each and the original is used whenever it is accepted)."""
+    return [(sop_class, stored_syntax)] + [
+        (sop_class, ts) for ts in transcode.fallback_syntaxes(stored_syntax, "decompress")
+    ]
+
+
+def _no_context_reason(peer: Peer, job: Job, accepted_syntaxes: set[str]) -> str:
+    what = f"SOP class {job.sop_class_uid} in {transcode.describe_ts(job.transfer_syntax)}"
+    if not accepted_syntaxes:
+        return (
+            f"destination {peer.describe()} does not accept {what}, nor any encoding the router could convert it "
+            "to (no presentation context accepted) — enable this SOP class on the destination, or route this kind "
+            "of object elsewhere"
+        )
+    offered = ", ".join(transcode.describe_ts(ts) for ts in sorted(accepted_syntaxes))
+    if job.transcode == "never" and transcode.fallback_syntaxes(job.transfer_syntax, "decompress"):
+        return (
+            f"destination {peer.describe()} does not accept {what} (it accepts {offered}) and the route says "
+            "transcode: never — enable this transfer syntax on the destination, or allow transcode: decompress"
+        )
+    if not transcode.can_decode(job.transfer_syntax):
+        return (
+            f"destination {peer.describe()} does not accept {what} (it accepts {offered}) and the router cannot "
+            "decode that transfer syntax — enable it on the destination, or route this kind of object elsewhere"
+        )
     return (
-        f"destination {peer.describe()} does not accept SOP class {job.sop_class_uid} in transfer syntax "
-        f"{job.transfer_syntax} (no presentation context accepted) — enable it on the destination, or route "
-        "this kind of object elsewhere"
+        f"destination {peer.describe()} does not accept {what} (it accepts {offered}); the router only "
+        "decompresses (lossless) and never compresses — enable one of these syntaxes on the destination"
+    )
+
+
+def _fields(result: object) -> dict[str, object]:
+    return (
+        {k: v for k, v in vars(result).items() if isinstance(v, (int, float, str))}
+        if hasattr(result, "__dict__")
+        else {}
     )
 
 
@@ -425,6 +545,7 @@ class Forwarder:
         self.store = Store(cfg.db_path, durable=False)
         self.spool = Spool(cfg.spool_dir)
         self.audit = AuditLog(cfg.audit_path, "forwarder")
+        self.outgoing = outgoing.OutgoingDir(cfg.router.state_dir / "outgoing")
         self.pools: dict[str, DestinationPool] = {}
         self.started_at = time.time()
         self.stop = threading.Event()
@@ -432,7 +553,7 @@ class Forwarder:
         self.recheck_seconds = IDLE_RECHECK_SECONDS
 
     def _start_pool(self, name: str, node: Node) -> None:
-        pool = DestinationPool(name, node, self.cfg, self.store, self.spool, self.audit)
+        pool = DestinationPool(name, node, self.cfg, self.store, self.spool, self.audit, self.outgoing)
         pool.recheck_seconds = self.recheck_seconds
         pool.start()
         self.pools[name] = pool
@@ -469,6 +590,16 @@ class Forwarder:
             "forwarder", self.started_at, time.time(), ",".join(sorted(self.pools)), self.cfg.source_sha256
         )
 
+    def release_complete_studies(self) -> None:
+        """Studies and series quiet for `quiet_seconds` (or with all their expected objects) are complete:
+        jobs waiting for them (routes with `forward: study|series`) become due."""
+        st = self.cfg.router.studies
+        done = self.store.complete_studies(time.time(), st.quiet_seconds, st.keep_days)
+        released = getattr(done, "jobs_released", 0)
+        if released:
+            log(LOG, logging.INFO, f"{released} job(s) released: their study or series is complete", **_fields(done))
+            self._ring()
+
     def housekeeping(self) -> None:
         """Requeue claims whose lease ran out. Here, not in the scheduler: only this process knows which
         claims are its own live sends. (Spool retention and the orphan sweep are scheduler jobs.)"""
@@ -479,6 +610,7 @@ class Forwarder:
     def serve(self) -> int:
         self.spool.init()
         self.store.init()
+        self.outgoing.init()
         # Claims held by earlier forwarders on this host are from processes that are gone (the
         # supervisor starts one forwarder at a time): requeue them now rather than wait out the lease.
         n = self.store.recover_abandoned(time.time(), dead_claimants_prefix=f"{this_host()}:")
@@ -504,6 +636,7 @@ class Forwarder:
         )
         last_house = 0.0
         last_beat = 0.0
+        last_studies = 0.0
         while not self.stop.wait(1.0):
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
@@ -513,6 +646,9 @@ class Forwarder:
                 if now - last_beat >= HEARTBEAT_SECONDS:
                     last_beat = now
                     self._heartbeat()
+                if now - last_studies >= STUDY_CHECK_SECONDS:
+                    last_studies = now
+                    self.release_complete_studies()
                 if now - last_house > 30:
                     last_house = now
                     self.housekeeping()

@@ -30,7 +30,7 @@ from .dicom_status import Status
 from .logsetup import log
 from .scu import NODELAY_HANDLERS
 from .spool import BelowReserve, Spool, SpoolTempFile, is_out_of_space
-from .store import InstanceFacts, NewJob, Store
+from .store import InstanceAdded, InstanceFacts, NewJob, Store
 from .wakeup import Doorbell, socket_path
 
 LOG = logging.getLogger("router.receiver")
@@ -64,6 +64,19 @@ def _use_spool_for_incoming(spool: Spool) -> None:
         return spool.new_temp()
 
     dimse_messages.NamedTemporaryFile = factory  # type: ignore[assignment]
+
+
+def new_job(target: rules.Target) -> NewJob:
+    """The queue's job for one routing decision (hold, wait and outgoing steps come with the target)."""
+    return NewJob(
+        target.destination,
+        target.route,
+        target.priority,
+        hold_reason=target.hold_reason,
+        wait_for=target.wait_for,
+        morph=tuple(target.morph),
+        transcode=target.transcode,
+    )
 
 
 @dataclass(frozen=True)
@@ -240,7 +253,7 @@ class Receiver:
             tmp.discard()
             return self._refuse_write_error(tmp, exc, ctx)
 
-        v = facts.values
+        v = facts
         instance = InstanceFacts(
             sop_instance_uid=v.get("SOPInstanceUID") or sop_uid,
             sop_class_uid=v.get("SOPClassUID") or str(req.AffectedSOPClassUID),
@@ -254,10 +267,13 @@ class Receiver:
             calling_ae=calling,
             called_ae=called,
             source_node=source_node,
+            content_sha256=tmp.sha256,
+            expected_in_study=facts.count("NumberOfStudyRelatedInstances"),
+            expected_in_series=facts.count("NumberOfSeriesRelatedInstances"),
         )
-        jobs = [NewJob(t.destination, t.route, t.priority) for t in targets]
+        jobs = [new_job(t) for t in targets]
         try:
-            self.store.add_instance(key, instance, jobs, time.time())
+            added = self.store.add_instance(key, instance, jobs, time.time(), on_conflict=cfg.router.on_conflict)
         except sqlite3.Error as exc:
             # The object is on disk but not in the queue: remove it so nothing half-recorded remains.
             self.spool.delete(key)
@@ -265,20 +281,77 @@ class Receiver:
             self.audit.record("receive", "failure", reason=f"queue database: {exc}", status="0xA700", **ctx)
             return Status.OUT_OF_RESOURCES
 
-        if jobs:
-            self.doorbell.ring()
+        if len(added.skipped) + len(added.held) + len(added.waiting) < len(jobs):
+            self.doorbell.ring()  # something is queued now
         self.audit.record(
             "receive",
             study_uid=instance.study_uid,
             accession=instance.accession,
             destinations=[j.destination for j in jobs] or None,
             unrouted=True if not jobs else None,
+            skipped=[d.destination for d in added.skipped] or None,  # identical object already sent there
+            late=True if added.late else None,
             bytes=instance.size_bytes,
             **ctx,
         )
         if not jobs:
             log(LOG, logging.WARNING, "received an object that matches no route: kept as unrouted", **ctx)
+        self._report_ledger(instance, added, ctx)
         return Status.SUCCESS
+
+    def _report_ledger(self, instance: InstanceFacts, added: InstanceAdded, ctx: dict[str, Any]) -> None:
+        """Say what the delivery ledger and study tracking decided (the sender got Success either way:
+        the object is kept)."""
+        for d in added.skipped:
+            log(
+                LOG,
+                logging.INFO,
+                f"identical object already {'sent' if d.earlier_state == 'done' else 'on its way'} to "
+                f"{d.destination} by job {d.earlier_job_id} ({d.earlier_state}): not sent again; "
+                f"`dicom-router queue retry {d.job_id}` sends it anyway",
+                destination=d.destination,
+                job_id=d.job_id,
+                **ctx,
+            )
+        for c in added.conflicts:
+            if c.destination is None:
+                where = "no destination of this object had the earlier one: forwarded as routed"
+            elif c.held:
+                where = (
+                    f"job {c.job_id} to {c.destination} is HELD (job {c.earlier_job_id} sent the earlier one there) — "
+                    f"check patient/study identifiers, then `dicom-router queue release {c.job_id}` or cancel it"
+                )
+            else:
+                where = f"forwarded to {c.destination} anyway (router.on_conflict: forward)"
+            log(
+                LOG,
+                logging.WARNING,
+                f"SOP Instance UID conflict: a different object with this UID arrived before "
+                f"(instance {c.earlier_instance_id}); {where}",
+                **ctx,
+            )
+            # No PHI: the UID and hashes identify the objects; the operator looks the rest up in the queue.
+            self.audit.record(
+                "uid_conflict",
+                "warning",
+                instance_id=added.instance_id,
+                earlier_instance_id=c.earlier_instance_id,
+                sha256=instance.content_sha256,
+                earlier_sha256=c.earlier_sha256,
+                destination=c.destination,
+                job_id=c.job_id,
+                earlier_job_id=c.earlier_job_id,
+                held=c.held,
+                **ctx,
+            )
+        if added.late:
+            log(
+                LOG,
+                logging.INFO,
+                f"late arrival for study {instance.study_uid} after it was complete: forwarded as a delta",
+                study_uid=instance.study_uid,
+                **ctx,
+            )
 
     def _refuse_write_error(self, tmp: SpoolTempFile, exc: OSError, ctx: dict[str, Any]) -> int:
         tmp.discard()

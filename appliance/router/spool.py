@@ -10,6 +10,7 @@ replace this local directory later. Layout under the spool root:
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import uuid
@@ -26,6 +27,9 @@ class SpoolTempFile:
 
     A write error (ENOSPC, EIO) is remembered instead of raised: raised inside pynetdicom's PDU reader it
     would abort the association, whereas the sender deserves a C-STORE status (0xA700) it can act on.
+
+    Every byte written is hashed on the way (sha256, ~0.35 ms per 512 KB): the delivery ledger tells an
+    identical re-send from a different object that reuses a SOP Instance UID without reading the file again.
     """
 
     def __init__(self, directory: Path, refuse: OSError | None = None):
@@ -33,6 +37,7 @@ class SpoolTempFile:
         self.name = str(directory / f"{self.key}.part")
         self.error: OSError | None = refuse
         self.size = 0
+        self._hash = hashlib.sha256()
         if refuse is None:
             try:
                 self._real: IO[bytes] = open(self.name, "xb")  # noqa: SIM115 - lives across many PDUs
@@ -46,12 +51,19 @@ class SpoolTempFile:
     def file(self) -> SpoolTempFile:
         return self
 
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of the bytes written so far (the whole file once the reception is complete)."""
+        return self._hash.hexdigest()
+
     def write(self, data: Any) -> int:
         if self.error is None:
             try:
                 self.size += self._real.write(data)
             except OSError as exc:
                 self.error = exc
+            else:
+                self._hash.update(data)
         return len(data)
 
     def flush(self) -> None:

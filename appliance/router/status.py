@@ -92,6 +92,7 @@ def collect(
                 "name": name,
                 "address": node.address if node else None,
                 "configured": node is not None,
+                "environment": node.environment if node else None,
                 "backlog": s.backlog if s else 0,
                 "counts": counts,
                 "oldest_pending_age_seconds": None if oldest is None else round(oldest, 1),
@@ -109,6 +110,7 @@ def collect(
     spool = Spool(cfg.spool_dir)
     usage = spool.disk_usage() if cfg.spool_dir.exists() else None
     inst = store.instance_counts()
+    studies = store.study_counts()
     problems = []
     for name in CHILDREN:
         proc = processes.get(name)
@@ -128,6 +130,11 @@ def collect(
             problems.append(f"{d['name']} has {d['backlog']} queued job(s) but is no longer in the config")
     if inst["unrouted"]:
         problems.append(f"{inst['unrouted']} object(s) matched no route (kept; see `queue ls --state unrouted`)")
+    if studies.get("conflicts_held"):
+        problems.append(
+            f"{studies['conflicts_held']} job(s) held: a different object arrived under an already-seen SOP Instance "
+            "UID — compare patient and study of both versions before releasing (`queue ls --state held`)"
+        )
     problems += _disk_problems(cfg, usage)
     scheduler = scheduler_report(cfg, processes.get("scheduler"), now)
     problems += scheduler_problems(scheduler)
@@ -140,9 +147,11 @@ def collect(
     return {
         "time": now,
         "router": {"ae_title": cfg.router.ae_title, "bind": cfg.router.bind, "port": cfg.router.port},
+        "test_nodes": sorted(name for name, node in cfg.nodes.items() if node.environment == "test"),
         "processes": processes,
         "destinations": destinations,
         "instances": inst,
+        "studies": studies,
         "spool": None
         if usage is None
         else {
@@ -245,19 +254,22 @@ def render(report: dict[str, Any]) -> str:
         elif not conf["recorded"]:
             lines.append("  config not yet recorded in the history (first `config apply` records it)")
     lines += ["  " + proc_line(n) for n in CHILDREN]
+    if report.get("test_nodes"):
+        lines.append(f"  TEST nodes (test data, never mixed with production): {', '.join(report['test_nodes'])}")
     if report["problems"]:
         lines.append("")
         lines.append("PROBLEMS")
         lines += [f"  ! {p}" for p in report["problems"]]
     lines.append("")
-    header = f"  {'DESTINATION':<16} {'BACKLOG':>7} {'OLDEST':>7} {'FAILED':>6} {'HELD':>5} {'FAIL/1h':>7}  CIRCUIT"
+    header = f"  {'DESTINATION':<22} {'BACKLOG':>7} {'OLDEST':>7} {'FAILED':>6} {'HELD':>5} {'FAIL/1h':>7}  CIRCUIT"
     lines.append(header)
     for d in report["destinations"]:
         c = d["counts"]
         circuit = d["circuit"].upper() if d["circuit"] != "closed" else "closed"
         circuit += "  PAUSED" if d.get("paused") else ""
+        label = d["name"] + (" [TEST]" if d.get("environment") == "test" else "")
         lines.append(
-            f"  {d['name']:<16} {d['backlog']:>7} {short_age(d['oldest_pending_age_seconds']):>7} {c['failed']:>6} "
+            f"  {label:<22} {d['backlog']:>7} {short_age(d['oldest_pending_age_seconds']):>7} {c['failed']:>6} "
             f"{c['held']:>5} {d['failures_last_hour']:>7}  {circuit}"
         )
         if d["last_error"] and (d["backlog"] or d["circuit"] != "closed"):
@@ -268,6 +280,12 @@ def render(report: dict[str, Any]) -> str:
         f"  objects: {inst['instances']} received, {inst['spooled']} on disk "
         f"({inst['spooled_bytes'] / 1e6:.1f} MB), {inst['unrouted']} unrouted"
     )
+    st = report.get("studies")
+    if st:
+        lines.append(
+            f"  studies: {st.get('open', 0)} open, {st.get('complete', 0)} complete; "
+            f"{st.get('late_instances', 0)} late arrival(s), {st.get('conflicts', 0)} SOP Instance UID conflict(s)"
+        )
     sp = report["spool"]
     if sp:
         lines.append(

@@ -1,7 +1,13 @@
 """The queue: instances and their per-destination jobs, in SQLite. ALL queue SQL lives in this module.
 
 Narrow interface (what a PostgreSQL backend would implement too): add_instance, claim, ack, retry_later,
-fail, give_back, operator actions (retry/hold/release/cancel), list/count with filters, stats.
+fail, give_back, operator actions (retry/hold/release/cancel), list/count with filters, stats; and for
+routing: complete_studies (study/series completion), map_uid (stable replacement UIDs), study_counts,
+list_studies, conflicts.
+
+add_instance keeps the delivery ledger (an object identical to one a destination already has or is getting
+is SKIPPED there; a different object reusing a SOP Instance UID is a conflict, held by default) and the
+study/series tracking that WAITING jobs (routes with `forward: series|study`) are released by.
 
 Durability: WAL with synchronous=FULL for the receiver (a committed row backs a Success the sender
 saw). Forwarder connections may use synchronous=NORMAL: losing one of its commits to a power cut can
@@ -12,6 +18,7 @@ lease; a claim whose lease ran out, or whose process is gone, goes back to `queu
 from __future__ import annotations
 
 import enum
+import json
 import os
 import random
 import socket
@@ -24,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from pydicom.uid import generate_uid
+
+SCHEMA_VERSION = 2  # 2: content hashes, delivery ledger, study/series tracking, UID map, job morph/transcode
 
 
 class JobState(enum.StrEnum):
@@ -34,9 +43,16 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
     HELD = "held"
     CANCELLED = "cancelled"
+    WAITING = "waiting"  # for its study or series to be complete (route `forward: study|series`)
+    SKIPPED = "skipped"  # an identical object already went (or is going) to this destination
 
 
-TERMINAL = (JobState.DONE, JobState.CANCELLED)
+TERMINAL = (JobState.DONE, JobState.CANCELLED, JobState.SKIPPED)
+# Jobs the delivery ledger counts: the object is at the destination or on its way there.
+_LEDGER_STATES = (JobState.QUEUED, JobState.SENDING, JobState.WAITING, JobState.HELD, JobState.DONE)
+ON_CONFLICT_HOLD = "hold"
+ON_CONFLICT_FORWARD = "forward"
+WAIT_FOR = ("series", "study")
 # `unrouted` is not a job state: it is an instance that matched no route (it has no jobs at all).
 UNROUTED = "unrouted"
 
@@ -60,13 +76,17 @@ CREATE TABLE IF NOT EXISTS instances (
     received_at      REAL NOT NULL,
     routed           INTEGER NOT NULL,
     spool_state      TEXT NOT NULL DEFAULT 'kept',   -- kept | deleted
-    finished_at      REAL
+    finished_at      REAL,
+    content_sha256   TEXT,                           -- of the spooled file, hashed while it was written
+    late             INTEGER NOT NULL DEFAULT 0,     -- arrived after its study/series was complete
+    conflict_of      INTEGER                         -- an earlier instance: same SOP Instance UID, other content
 );
 CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
 CREATE INDEX IF NOT EXISTS instances_accession ON instances(accession);
 CREATE INDEX IF NOT EXISTS instances_patient ON instances(patient_id);
 CREATE INDEX IF NOT EXISTS instances_unrouted ON instances(routed) WHERE routed = 0;
 CREATE INDEX IF NOT EXISTS instances_sweep ON instances(finished_at) WHERE spool_state = 'kept';
+CREATE INDEX IF NOT EXISTS instances_sop ON instances(sop_instance_uid);
 CREATE TABLE IF NOT EXISTS jobs (
     id              INTEGER PRIMARY KEY,
     instance_id     INTEGER NOT NULL REFERENCES instances(id),
@@ -82,7 +102,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_error      TEXT,
     created_at      REAL NOT NULL,
     updated_at      REAL NOT NULL,
-    done_at         REAL
+    done_at         REAL,
+    morph           TEXT NOT NULL DEFAULT '[]',         -- JSON list of morph profile names, in order
+    transcode       TEXT NOT NULL DEFAULT 'decompress', -- decompress | never
+    wait_for        TEXT                                -- NULL | series | study
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(destination, state, priority, id);
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(destination, state, next_attempt_at);
@@ -121,6 +144,46 @@ CREATE TABLE IF NOT EXISTS processes (
     detail       TEXT,
     config_sha   TEXT
 );
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid    TEXT PRIMARY KEY,
+    patient_id   TEXT,
+    first_at     REAL NOT NULL,
+    last_at      REAL NOT NULL,
+    instances    INTEGER NOT NULL DEFAULT 0,   -- distinct SOP Instance UIDs received
+    expected     INTEGER,                      -- NumberOfStudyRelatedInstances, when a sender gave it
+    state        TEXT NOT NULL DEFAULT 'open', -- open | complete
+    completed_at REAL,
+    late_count   INTEGER NOT NULL DEFAULT 0
+);
+-- Indexes leave out last_at, which every received object updates: open studies are few (they complete after
+-- the quiet time) and are scanned; complete ones are found by last_at only for pruning.
+CREATE INDEX IF NOT EXISTS studies_state ON studies(state);
+CREATE INDEX IF NOT EXISTS studies_prune ON studies(last_at) WHERE state = 'complete';
+CREATE TABLE IF NOT EXISTS series (
+    series_uid   TEXT PRIMARY KEY,
+    study_uid    TEXT,
+    instances    INTEGER NOT NULL DEFAULT 0,
+    expected     INTEGER,                      -- NumberOfSeriesRelatedInstances, when a sender gave it
+    last_at      REAL NOT NULL,
+    state        TEXT NOT NULL DEFAULT 'open',
+    completed_at REAL
+);
+CREATE INDEX IF NOT EXISTS series_state ON series(state);
+CREATE INDEX IF NOT EXISTS series_prune ON series(last_at) WHERE state = 'complete';
+CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
+CREATE TABLE IF NOT EXISTS uid_map (
+    namespace   TEXT NOT NULL,
+    original    TEXT NOT NULL,
+    replacement TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (namespace, original)
+);
+"""
+
+# Indexes on columns that _ADDED_COLUMNS may have just added (an older database gets them after the upgrade).
+_SCHEMA_AFTER_UPGRADE = """
+CREATE INDEX IF NOT EXISTS instances_late ON instances(late) WHERE late = 1;
+CREATE INDEX IF NOT EXISTS instances_conflict ON instances(conflict_of) WHERE conflict_of IS NOT NULL;
 """
 
 
@@ -140,6 +203,9 @@ class InstanceFacts:
     calling_ae: str | None = None
     called_ae: str | None = None
     source_node: str | None = None
+    content_sha256: str | None = None  # None: no ledger check (the content cannot be compared)
+    expected_in_study: int | None = None  # NumberOfStudyRelatedInstances, if the sender gave it
+    expected_in_series: int | None = None  # NumberOfSeriesRelatedInstances, if the sender gave it
 
 
 @dataclass(frozen=True)
@@ -147,6 +213,50 @@ class NewJob:
     destination: str
     route: str
     priority: int
+    hold_reason: str | None = None  # not None: created HELD, this text as the event's detail
+    wait_for: str | None = None  # None | "series" | "study": created WAITING until that is complete
+    morph: tuple[str, ...] = ()  # morph profile names, applied in order on the way out
+    transcode: str = "decompress"  # "decompress" | "never"
+
+    def __post_init__(self) -> None:
+        if self.wait_for is not None and self.wait_for not in WAIT_FOR:
+            raise ValueError(f"NewJob.wait_for must be None, 'series' or 'study', not {self.wait_for!r}")
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A job not created as sendable: this destination already has (or is getting) an identical object."""
+
+    destination: str
+    job_id: int  # the new job, SKIPPED
+    earlier_job_id: int
+    earlier_state: str
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """The SOP Instance UID was seen before with other content. `destination` None: no destination of this
+    object has had the earlier version (flagged only)."""
+
+    earlier_instance_id: int
+    earlier_sha256: str
+    destination: str | None = None
+    job_id: int | None = None  # the new job to that destination
+    earlier_job_id: int | None = None  # the job that took (or takes) the earlier version there
+    held: bool = False  # router.on_conflict: hold
+
+
+@dataclass(frozen=True)
+class InstanceAdded:
+    """What add_instance decided, for the receiver's log and audit."""
+
+    instance_id: int
+    job_ids: list[int] = field(default_factory=list)
+    skipped: list[Duplicate] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    late: bool = False  # its study/series was already complete: forwarded at once as a delta
+    held: list[int] = field(default_factory=list)  # jobs created HELD (route hold or conflict)
+    waiting: list[int] = field(default_factory=list)  # jobs created WAITING for their study/series
 
 
 @dataclass(frozen=True)
@@ -175,16 +285,27 @@ class Job:
     calling_ae: str | None
     size_bytes: int
     received_at: float
+    morph: tuple[str, ...] = ()
+    transcode: str = "decompress"
+    wait_for: str | None = None
+    series_uid: str | None = None
+    content_sha256: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        values = dict(row)
+        values["morph"] = tuple(json.loads(values["morph"] or "[]"))
+        return cls(**values)
 
 
 _JOB_COLUMNS = (
     "j.id, j.instance_id, j.destination, j.route, j.priority, j.state, j.attempts, j.next_attempt_at, "
     "j.last_status, j.last_error, j.created_at, j.updated_at, j.done_at, i.spool_key, i.sop_instance_uid, "
     "i.sop_class_uid, i.transfer_syntax, i.study_uid, i.patient_id, i.accession, i.modality, i.calling_ae, "
-    "i.size_bytes, i.received_at"
+    "i.size_bytes, i.received_at, j.morph, j.transcode, j.wait_for, i.series_uid, i.content_sha256"
 )
 
 
@@ -246,7 +367,24 @@ _ADDED_COLUMNS = (
     ("destinations", "paused_by", "TEXT"),
     ("destinations", "paused_reason", "TEXT"),
     ("destinations", "paused_at", "REAL"),
+    ("instances", "content_sha256", "TEXT"),  # schema 2: the delivery ledger and study tracking
+    ("instances", "late", "INTEGER NOT NULL DEFAULT 0"),
+    ("instances", "conflict_of", "INTEGER"),
+    ("jobs", "morph", "TEXT NOT NULL DEFAULT '[]'"),
+    ("jobs", "transcode", "TEXT NOT NULL DEFAULT 'decompress'"),
+    ("jobs", "wait_for", "TEXT"),
 )
+
+
+@dataclass(frozen=True)
+class StudySweep:
+    """What one complete_studies pass did."""
+
+    studies_completed: int = 0
+    series_completed: int = 0
+    jobs_released: int = 0
+    studies_pruned: int = 0
+    series_pruned: int = 0
 
 
 @dataclass
@@ -275,6 +413,133 @@ class ActionResult:
     skipped: int  # matched the filter but the action does not apply to their state
     spool_keys_freed: list[str] = field(default_factory=list)
     job_ids: list[int] = field(default_factory=list)  # the jobs that changed
+
+
+STUDY_OPEN = "open"
+STUDY_COMPLETE = "complete"
+
+
+def _positive(count: int | None) -> int | None:
+    return count if count is not None and count > 0 else None  # 0 expected instances is no count at all
+
+
+@dataclass
+class _Ledger:
+    """Earlier objects with the incoming SOP Instance UID, and the live or done jobs that took them where.
+
+    Content is compared by the spooled file's sha256, and only within one transfer syntax: the same object
+    re-sent in another encoding hashes differently without being different, so it is neither a duplicate
+    nor a conflict (it is forwarded, as before the ledger)."""
+
+    resend: bool = False  # the UID was seen before (the object counts once in its study and series)
+    conflict_of: int | None = None  # the latest earlier instance, when its content differs
+    conflict_sha: str | None = None
+    same: dict[str, tuple[int, str]] = field(default_factory=dict)  # destination → (job, state), identical
+    other: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # destination → (job, instance, sha)
+
+    @classmethod
+    def read(cls, conn: sqlite3.Connection, facts: InstanceFacts) -> _Ledger:
+        earlier = conn.execute(
+            "SELECT id, content_sha256, transfer_syntax FROM instances WHERE sop_instance_uid = ? ORDER BY id DESC",
+            (facts.sop_instance_uid,),
+        ).fetchall()
+        ledger = cls(resend=bool(earlier))
+        sha = facts.content_sha256
+        comparable = {r[0]: r[1] for r in earlier if sha and r[1] and r[2] == facts.transfer_syntax}
+        if not comparable:
+            return ledger
+        latest_id, latest_sha = next(iter(comparable.items()))
+        if latest_sha != sha:  # the UID was last seen with other content
+            ledger.conflict_of, ledger.conflict_sha = latest_id, latest_sha
+        ids = list(comparable)
+        seen: set[str] = set()
+        for job_id, instance_id, destination, state in conn.execute(
+            f"SELECT id, instance_id, destination, state FROM jobs WHERE instance_id IN ({','.join('?' * len(ids))}) "
+            f"AND state IN ({','.join('?' * len(_LEDGER_STATES))}) ORDER BY id DESC",
+            (*ids, *_LEDGER_STATES),
+        ):
+            if destination in seen:
+                continue  # what a destination was sent last decides
+            seen.add(destination)
+            if comparable[instance_id] == sha:
+                ledger.same[destination] = (job_id, state)
+            else:
+                ledger.other[destination] = (job_id, instance_id, comparable[instance_id])
+        return ledger
+
+
+@dataclass(frozen=True)
+class _Completion:
+    """Where the incoming object's study (or series) stands."""
+
+    kind: str  # "study" | "series"
+    uid: str | None  # None: the object has no such UID, so nothing to wait for
+    was_complete: bool = False  # before this object: it is a late arrival
+    completes_now: bool = False  # this object brought the count to the sender's expected number
+
+
+@dataclass
+class _Plan:
+    state: JobState = JobState.QUEUED
+    events: list[tuple[str, str]] = field(default_factory=list)  # (event, detail); "{job}" = the new job's id
+    late: bool = False
+    duplicate: tuple[int, str] | None = None  # (earlier job, its state)
+    conflict: tuple[int, int, str] | None = None  # (earlier job, earlier instance, earlier sha256)
+
+
+def _plan_job(job: NewJob, ledger: _Ledger, study: _Completion, series: _Completion, on_conflict: str) -> _Plan:
+    """The state a new job starts in, and the events that say why."""
+    plan = _Plan()
+    dest = job.destination
+    if dest in ledger.same:
+        earlier_job, earlier_state = plan.duplicate = ledger.same[dest]
+        plan.state = JobState.SKIPPED
+        plan.events.append(
+            (
+                "duplicate",
+                f"identical object already {earlier_state} for {dest} by job {earlier_job}: not sent again; "
+                "`dicom-router queue retry {job}` sends it anyway",
+            )
+        )
+        return plan
+    if dest in ledger.other:
+        earlier_job, earlier_instance, _ = plan.conflict = ledger.other[dest]
+        what = (
+            f"job {earlier_job} took another object with the same SOP Instance UID but different content to "
+            f"{dest} (instance {earlier_instance})"
+        )
+        if on_conflict == ON_CONFLICT_HOLD:
+            plan.state = JobState.HELD
+            plan.events.append(
+                (
+                    "uid_conflict",
+                    f"held: {what} — check patient/study identifiers before releasing "
+                    "(`dicom-router queue release {job}`, or cancel it)",
+                )
+            )
+        else:
+            plan.events.append(("uid_conflict", f"forwarded (router.on_conflict: forward): {what}"))
+    if job.hold_reason is not None:
+        plan.state = JobState.HELD
+        plan.events.append(("route_hold", job.hold_reason or f"route {job.route} holds what it matches"))
+    if job.wait_for is None or plan.state != JobState.QUEUED:
+        return plan
+    target = study if job.wait_for == "study" else series
+    if target.uid is None:
+        what = "Study" if target.kind == "study" else "Series"
+        plan.events.append(("not_waiting", f"no {what} Instance UID to wait for: sent at once"))
+    elif target.was_complete:
+        plan.late = True
+        plan.events.append(
+            ("late_arrival", f"{target.kind} {target.uid} was already complete: sent at once as a delta")
+        )
+    elif target.completes_now:
+        plan.events.append(
+            (f"{target.kind}_complete", f"{target.kind} {target.uid} complete: all expected instances arrived")
+        )
+    else:
+        plan.state = JobState.WAITING
+    return plan
 
 
 def this_host() -> str:
@@ -347,16 +612,46 @@ class Store:
             for table, column, ddl in _ADDED_COLUMNS:
                 if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
-            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            for statement in filter(str.strip, _SCHEMA_AFTER_UPGRADE.split(";")):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE "
+                "SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                (str(SCHEMA_VERSION),),
+            )
 
     # -- receiving ------------------------------------------------------------------------------
-    def add_instance(self, spool_key: str, facts: InstanceFacts, jobs: Sequence[NewJob], now: float) -> int:
-        """Record a spooled object and its jobs in one transaction. No jobs = kept as unrouted."""
+    def add_instance(
+        self,
+        spool_key: str,
+        facts: InstanceFacts,
+        jobs: Sequence[NewJob],
+        now: float,
+        *,
+        on_conflict: str = ON_CONFLICT_HOLD,
+    ) -> InstanceAdded:
+        """Record a spooled object and its jobs in one transaction. No jobs = kept as unrouted.
+
+        Each job is created QUEUED, or SKIPPED (the delivery ledger: an identical object already went, or is
+        going, to that destination), HELD (the destination had another object with this SOP Instance UID and
+        `on_conflict` is hold; or a hold route), or WAITING for its study/series to be complete (QUEUED at
+        once, and the object flagged late, when that is already complete). The sender is answered only
+        after this commits, so it uses indexed lookups only."""
         with self._tx() as conn:
+            ledger = _Ledger.read(conn, facts)
+            series = self._track_series(conn, facts, ledger.resend, now)
+            study = self._track_study(conn, facts, ledger.resend, now)
+            if study.completes_now and series.uid is not None and not series.was_complete:
+                series = _Completion("series", series.uid, completes_now=True)  # completed with its study
+
+            plans = [_plan_job(job, ledger, study, series, on_conflict) for job in jobs]
+            late = any(p.late for p in plans)
+            all_skipped = bool(plans) and all(p.state == JobState.SKIPPED for p in plans)
             cur = conn.execute(
                 "INSERT INTO instances(spool_key, sop_instance_uid, sop_class_uid, transfer_syntax, study_uid, "
                 "series_uid, patient_id, accession, modality, calling_ae, called_ae, source_node, size_bytes, "
-                "received_at, routed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "received_at, routed, content_sha256, late, conflict_of, finished_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     spool_key,
                     facts.sop_instance_uid,
@@ -373,16 +668,267 @@ class Store:
                     facts.size_bytes,
                     now,
                     1 if jobs else 0,
+                    facts.content_sha256,
+                    int(late),
+                    ledger.conflict_of,
+                    now if all_skipped else None,  # nothing to send: spool retention applies as if sent
                 ),
             )
-            instance_id = int(cur.lastrowid or 0)
-            for job in jobs:
-                conn.execute(
+            added = InstanceAdded(instance_id=int(cur.lastrowid or 0), late=late)
+            for job, plan in zip(jobs, plans, strict=True):
+                cur = conn.execute(
                     "INSERT INTO jobs(instance_id, destination, route, priority, state, next_attempt_at, "
-                    "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-                    (instance_id, job.destination, job.route, job.priority, JobState.QUEUED, now, now, now),
+                    "created_at, updated_at, done_at, morph, transcode, wait_for) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        added.instance_id,
+                        job.destination,
+                        job.route,
+                        job.priority,
+                        plan.state,
+                        now,
+                        now,
+                        now,
+                        now if plan.state == JobState.SKIPPED else None,
+                        json.dumps(list(job.morph)) if job.morph else "[]",
+                        job.transcode,
+                        job.wait_for,
+                    ),
                 )
-        return instance_id
+                job_id = int(cur.lastrowid or 0)
+                added.job_ids.append(job_id)
+                for event, detail in plan.events:
+                    self._event(conn, job_id, now, event, None, detail.replace("{job}", str(job_id)))
+                if plan.duplicate is not None:
+                    earlier_job, earlier_state = plan.duplicate
+                    added.skipped.append(Duplicate(job.destination, job_id, earlier_job, earlier_state))
+                if plan.conflict is not None:
+                    earlier_job, earlier_instance, earlier_sha = plan.conflict
+                    held = plan.state == JobState.HELD and on_conflict == ON_CONFLICT_HOLD
+                    added.conflicts.append(
+                        Conflict(earlier_instance, earlier_sha, job.destination, job_id, earlier_job, held)
+                    )
+                if plan.state == JobState.HELD:
+                    added.held.append(job_id)
+                elif plan.state == JobState.WAITING:
+                    added.waiting.append(job_id)
+            if ledger.conflict_of is not None and not added.conflicts:
+                added.conflicts.append(Conflict(ledger.conflict_of, ledger.conflict_sha or ""))
+            if late and study.uid is not None:
+                conn.execute("UPDATE studies SET late_count = late_count + 1 WHERE study_uid = ?", (study.uid,))
+        return added
+
+    @staticmethod
+    def _track_study(conn: sqlite3.Connection, facts: InstanceFacts, resend: bool, now: float) -> _Completion:
+        """Count the object into its study (a re-sent SOP Instance UID counts once); complete the study at
+        once when the sender's expected count is reached."""
+        if not facts.study_uid:
+            return _Completion("study", None)
+        state, count, expected = conn.execute(
+            "INSERT INTO studies(study_uid, patient_id, first_at, last_at, instances, expected) VALUES (?,?,?,?,1,?) "
+            "ON CONFLICT(study_uid) DO UPDATE SET last_at = MAX(last_at, excluded.last_at), "
+            "instances = instances + ?, expected = COALESCE(excluded.expected, expected) "
+            "RETURNING state, instances, expected",
+            (facts.study_uid, facts.patient_id, now, now, _positive(facts.expected_in_study), 0 if resend else 1),
+        ).fetchone()
+        if state == STUDY_COMPLETE:
+            return _Completion("study", facts.study_uid, was_complete=True)
+        if expected is not None and count >= expected:
+            Store._complete_study(conn, facts.study_uid, now, f"all {expected} expected instances arrived")
+            return _Completion("study", facts.study_uid, completes_now=True)
+        return _Completion("study", facts.study_uid)
+
+    @staticmethod
+    def _track_series(conn: sqlite3.Connection, facts: InstanceFacts, resend: bool, now: float) -> _Completion:
+        if not facts.series_uid:
+            return _Completion("series", None)
+        state, count, expected = conn.execute(
+            "INSERT INTO series(series_uid, study_uid, instances, expected, last_at) VALUES (?,?,1,?,?) "
+            "ON CONFLICT(series_uid) DO UPDATE SET last_at = MAX(last_at, excluded.last_at), "
+            "instances = instances + ?, expected = COALESCE(excluded.expected, expected) "
+            "RETURNING state, instances, expected",
+            (facts.series_uid, facts.study_uid, _positive(facts.expected_in_series), now, 0 if resend else 1),
+        ).fetchone()
+        if state == STUDY_COMPLETE:
+            return _Completion("series", facts.series_uid, was_complete=True)
+        if expected is not None and count >= expected:
+            Store._complete_series(
+                conn, facts.series_uid, facts.study_uid, now, f"all {expected} expected instances arrived"
+            )
+            return _Completion("series", facts.series_uid, completes_now=True)
+        return _Completion("series", facts.series_uid)
+
+    # -- studies and series: completion, late arrivals ------------------------------------------
+    def complete_studies(self, now: float, quiet_seconds: float, keep_days: float = 30.0) -> StudySweep:
+        """Complete the studies and series no object has arrived for in `quiet_seconds`, releasing their
+        WAITING jobs to QUEUED; forget complete ones quiet for `keep_days`. The forwarder calls this every
+        few seconds: a pass that finds nothing to do only reads (no write lock)."""
+        cutoff, forget_before = now - quiet_seconds, now - keep_days * 86400
+        # 'complete' as a literal: only then can SQLite use the partial prune indexes (named, so the planner
+        # never scans every complete study instead).
+        args = (STUDY_OPEN, cutoff, STUDY_OPEN, cutoff, forget_before, forget_before)
+        work = (
+            "SELECT EXISTS(SELECT 1 FROM studies WHERE state = ? AND last_at <= ?) "
+            "OR EXISTS(SELECT 1 FROM series WHERE state = ? AND last_at <= ?) "
+            "OR EXISTS(SELECT 1 FROM studies INDEXED BY studies_prune "
+            f"WHERE state = '{STUDY_COMPLETE}' AND last_at < ?) "
+            "OR EXISTS(SELECT 1 FROM series INDEXED BY series_prune "
+            f"WHERE state = '{STUDY_COMPLETE}' AND last_at < ?)"
+        )
+        if not self._conn().execute(work, args).fetchone()[0]:
+            return StudySweep()
+        why = f"no new object for {quiet_seconds:g} s"
+        studies = series = released = 0
+        with self._tx() as conn:
+            for uid, count in conn.execute(
+                "SELECT study_uid, instances FROM studies WHERE state = ? AND last_at <= ?", (STUDY_OPEN, cutoff)
+            ).fetchall():
+                n_series, n_jobs = self._complete_study(conn, uid, now, f"{why} ({count} instances)")
+                studies, series, released = studies + 1, series + n_series, released + n_jobs
+            for uid, study_uid, count in conn.execute(
+                "SELECT series_uid, study_uid, instances FROM series WHERE state = ? AND last_at <= ?",
+                (STUDY_OPEN, cutoff),
+            ).fetchall():
+                released += self._complete_series(conn, uid, study_uid, now, f"{why} ({count} instances)")
+                series += 1
+            pruned_studies = conn.execute(
+                f"DELETE FROM studies INDEXED BY studies_prune WHERE state = '{STUDY_COMPLETE}' AND last_at < ?",
+                (forget_before,),
+            ).rowcount
+            pruned_series = conn.execute(
+                f"DELETE FROM series INDEXED BY series_prune WHERE state = '{STUDY_COMPLETE}' AND last_at < ?",
+                (forget_before,),
+            ).rowcount
+        return StudySweep(studies, series, released, pruned_studies, pruned_series)
+
+    @staticmethod
+    def _complete_study(conn: sqlite3.Connection, study_uid: str, now: float, why: str) -> tuple[int, int]:
+        """Mark a study complete with its open series; release what waited for them. Returns (series
+        completed, jobs released)."""
+        conn.execute(
+            "UPDATE studies SET state = ?, completed_at = ? WHERE study_uid = ? AND state = ?",
+            (STUDY_COMPLETE, now, study_uid, STUDY_OPEN),
+        )
+        released = Store._release_waiting(
+            conn, "study", "i.study_uid = ?", (study_uid,), now, f"study {study_uid} complete: {why}"
+        )
+        open_series = conn.execute(
+            "SELECT series_uid FROM series WHERE study_uid = ? AND state = ?", (study_uid, STUDY_OPEN)
+        ).fetchall()
+        for (series_uid,) in open_series:
+            released += Store._complete_series(conn, series_uid, study_uid, now, f"its study is complete: {why}")
+        return len(open_series), released
+
+    @staticmethod
+    def _complete_series(conn: sqlite3.Connection, series_uid: str, study_uid: str | None, now: float, why: str) -> int:
+        conn.execute(
+            "UPDATE series SET state = ?, completed_at = ? WHERE series_uid = ? AND state = ?",
+            (STUDY_COMPLETE, now, series_uid, STUDY_OPEN),
+        )
+        # Through the study's instances (indexed), not an index on series_uid the hot path would pay for.
+        return Store._release_waiting(
+            conn,
+            "series",
+            "i.study_uid IS ? AND i.series_uid = ?",
+            (study_uid, series_uid),
+            now,
+            f"series {series_uid} complete: {why}",
+        )
+
+    @staticmethod
+    def _release_waiting(
+        conn: sqlite3.Connection, wait_for: str, instances_where: str, args: tuple[Any, ...], now: float, detail: str
+    ) -> int:
+        # From the study's instances to their jobs (CROSS JOIN fixes that order): never a scan of every
+        # waiting job of every open study.
+        rows = conn.execute(
+            "UPDATE jobs SET state = ?, next_attempt_at = ?, updated_at = ? WHERE id IN (SELECT j.id FROM "
+            f"instances i CROSS JOIN jobs j ON j.instance_id = i.id WHERE {instances_where} AND j.state = ? "
+            "AND j.wait_for = ?) RETURNING id",
+            (JobState.QUEUED, now, now, *args, JobState.WAITING, wait_for),
+        ).fetchall()
+        conn.executemany(
+            "INSERT INTO job_events(job_id, at, event, detail) VALUES (?,?,?,?)",
+            [(job_id, now, f"{wait_for}_complete", detail) for (job_id,) in rows],
+        )
+        return len(rows)
+
+    def study_counts(self) -> dict[str, int]:
+        """For `status`: studies open/complete, late arrivals, SOP Instance UID conflicts (all, and those
+        with a job still held for an operator)."""
+        conn = self._conn()
+        by_state = dict(conn.execute("SELECT state, COUNT(*) FROM studies GROUP BY state").fetchall())
+        late = conn.execute("SELECT COUNT(*) FROM instances WHERE late = 1").fetchone()[0]
+        conflicts, held = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(EXISTS(SELECT 1 FROM jobs j WHERE j.instance_id = i.id "
+            "AND j.state = ?)), 0) FROM instances i WHERE i.conflict_of IS NOT NULL",
+            (JobState.HELD,),
+        ).fetchone()
+        return {
+            "open": int(by_state.get(STUDY_OPEN, 0)),
+            "complete": int(by_state.get(STUDY_COMPLETE, 0)),
+            "late_instances": int(late),
+            "conflicts": int(conflicts),
+            "conflicts_held": int(held),
+        }
+
+    def list_studies(self, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:
+        """Tracked studies, most recently active first (open and complete, until pruned)."""
+        where, args = ("WHERE state = ?", [state]) if state else ("", [])
+        rows = self._conn().execute(
+            "SELECT study_uid, patient_id, first_at, last_at, instances, expected, state, completed_at, late_count, "
+            f"(SELECT COUNT(*) FROM series s WHERE s.study_uid = studies.study_uid) AS series "
+            f"FROM studies {where} ORDER BY last_at DESC LIMIT ?",
+            (*args, limit),
+        )
+        return [dict(r) for r in rows]
+
+    def conflicts(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Objects that reused an earlier object's SOP Instance UID with other content, newest first, with
+        the identifiers an operator compares before releasing (and the jobs each has)."""
+        rows = self._conn().execute(
+            "SELECT i.id AS instance_id, i.conflict_of AS earlier_instance_id, i.sop_instance_uid, i.received_at, "
+            "i.calling_ae, i.content_sha256, e.content_sha256 AS earlier_sha256, i.patient_id, "
+            "e.patient_id AS earlier_patient_id, i.study_uid, e.study_uid AS earlier_study_uid, i.accession, "
+            "e.accession AS earlier_accession, e.received_at AS earlier_received_at, "
+            "(SELECT json_group_array(json_object('id', j.id, 'destination', j.destination, 'state', j.state)) "
+            " FROM jobs j WHERE j.instance_id = i.id) AS jobs "
+            "FROM instances i INDEXED BY instances_conflict LEFT JOIN instances e ON e.id = i.conflict_of "
+            "WHERE i.conflict_of IS NOT NULL ORDER BY i.id DESC LIMIT ?",
+            (limit,),
+        )
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["jobs"] = json.loads(d["jobs"])
+            out.append(d)
+        return out
+
+    # -- UID map (stable replacement UIDs for morphing) -------------------------------------------
+    def map_uid(self, namespace: str, original: str) -> str:
+        """The replacement for `original` in `namespace`: made once, then the same forever, whichever
+        process asks first (INSERT OR IGNORE, then read what won)."""
+        conn = self._conn()
+        row = conn.execute(
+            "SELECT replacement FROM uid_map WHERE namespace = ? AND original = ?", (namespace, original)
+        ).fetchone()
+        if row is not None:
+            return str(row[0])
+        # A new mapping may be sent out at once: it must survive a power cut even on a NORMAL-sync connection.
+        if not self.durable:
+            conn.execute("PRAGMA synchronous=FULL")
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO uid_map(namespace, original, replacement, created_at) VALUES (?,?,?,?)",
+                    (namespace, original, generate_uid(), time.time()),
+                )
+                row = conn.execute(
+                    "SELECT replacement FROM uid_map WHERE namespace = ? AND original = ?", (namespace, original)
+                ).fetchone()
+        finally:
+            if not self.durable:
+                conn.execute("PRAGMA synchronous=NORMAL")
+        return str(row[0])
 
     # -- forwarding -----------------------------------------------------------------------------
     def claim(self, destination: str, worker: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
@@ -600,10 +1146,11 @@ class Store:
 
     # -- operator actions -----------------------------------------------------------------------
     def retry(self, flt: JobFilter, actor: str, reason: str, now: float) -> ActionResult:
-        """Failed or backing-off jobs: try again now, with a fresh attempt budget."""
+        """Failed or backing-off jobs: try again now, with a fresh attempt budget. Skipped ones (an identical
+        object went there already) are sent anyway, while their spooled file is still kept."""
         return self._transition(
             flt,
-            (JobState.FAILED, JobState.QUEUED),
+            (JobState.FAILED, JobState.QUEUED, JobState.SKIPPED),
             JobState.QUEUED,
             "operator_retry",
             actor,
@@ -614,7 +1161,13 @@ class Store:
 
     def hold(self, flt: JobFilter, actor: str, reason: str, now: float) -> ActionResult:
         return self._transition(
-            flt, (JobState.QUEUED, JobState.FAILED), JobState.HELD, "operator_hold", actor, reason, now
+            flt,
+            (JobState.QUEUED, JobState.FAILED, JobState.WAITING),
+            JobState.HELD,
+            "operator_hold",
+            actor,
+            reason,
+            now,
         )
 
     def release(self, flt: JobFilter, actor: str, reason: str, now: float) -> ActionResult:
@@ -623,7 +1176,7 @@ class Store:
     def cancel(self, flt: JobFilter, actor: str, reason: str, now: float, keep_spool: bool) -> ActionResult:
         return self._transition(
             flt,
-            (JobState.QUEUED, JobState.HELD, JobState.FAILED),
+            (JobState.QUEUED, JobState.HELD, JobState.FAILED, JobState.WAITING),
             JobState.CANCELLED,
             "operator_cancel",
             actor,
@@ -651,16 +1204,23 @@ class Store:
         freed: list[str] = []
         with self._tx() as conn:
             matched = conn.execute(
-                f"SELECT j.id, j.state FROM jobs j JOIN instances i ON i.id = j.instance_id WHERE {where}",
+                f"SELECT j.id, j.state, i.id, i.spool_state FROM jobs j JOIN instances i ON i.id = j.instance_id "
+                f"WHERE {where}",
                 args,
             ).fetchall()
-            ids = [r[0] for r in matched if r[1] in from_states]
+            # A finished job sent again (a skipped one) needs its file, and reopens its instance so spool
+            # retention keeps the file until it is sent.
+            reopen = {r[0]: r[2] for r in matched if r[1] in from_states and r[1] in TERMINAL}
+            ids = [r[0] for r in matched if r[1] in from_states and (r[0] not in reopen or r[3] == "kept")]
             for job_id in ids:
                 conn.execute(
                     "UPDATE jobs SET state = ?, updated_at = ?, next_attempt_at = ?, "
-                    f"attempts = {'0' if reset_attempts else 'attempts'} WHERE id = ?",
+                    f"attempts = {'0' if reset_attempts else 'attempts'}"
+                    f"{', done_at = NULL' if job_id in reopen else ''} WHERE id = ?",
                     (to_state, now, now, job_id),
                 )
+                if job_id in reopen:
+                    conn.execute("UPDATE instances SET finished_at = NULL WHERE id = ?", (reopen[job_id],))
                 self._event(conn, job_id, now, event, None, reason, actor)
                 if finish:
                     key = self._finish_instance_if_complete(conn, job_id, now, keep_spool)
@@ -724,7 +1284,7 @@ class Store:
             )
             .fetchall()
         )
-        return [Job(**dict(r)) for r in rows]
+        return [Job.from_row(r) for r in rows]
 
     def count_jobs(self, flt: JobFilter, cap: int | None = None) -> int:
         """How many jobs match. With `cap`, a count that needs the instances join stops at cap + 1 (a screen
@@ -932,7 +1492,7 @@ class Store:
             f"WHERE j.id IN ({','.join('?' * len(ids))})",
             list(ids),
         ).fetchall()
-        return [Job(**dict(r)) for r in rows]
+        return [Job.from_row(r) for r in rows]
 
     @staticmethod
     def _finish_instance_if_complete(conn: sqlite3.Connection, job_id: int, now: float, keep_spool: bool) -> str | None:

@@ -62,12 +62,15 @@ def test_operator_actions_on_a_stuck_destination(tmp_path: Path) -> None:
 
 
 def test_permanent_refusal_fails_at_once_then_cancel_frees_spool(tmp_path: Path) -> None:
-    # A storescp that accepts only uncompressed transfer syntaxes cannot take a JPEG object: that is not
-    # going to change by retrying, so the job fails immediately with a reason an operator can act on.
+    # A storescp that accepts only uncompressed transfer syntaxes cannot take a JPEG object when the route
+    # forbids decompressing it: that is not going to change by retrying, so the job fails immediately with
+    # a reason an operator can act on. (With the default `transcode: decompress` it would be delivered
+    # decompressed: tests/integration/test_outgoing_peer.py.)
     scp = StoreSCP(tmp_path, "PACS", accept_all=False).start()
     router = Router(
         tmp_path,
         destinations={"PACS_MAIN": dest_node("PACS", scp.port)},
+        routes=[{"name": "as-is", "to": ["PACS_MAIN"], "transcode": "never"}],
     ).start()
     try:
         jpeg = PYDICOM_TEST_FILES / "JPEG-lossy.dcm"

@@ -69,10 +69,10 @@ def test_example_config_loads() -> None:
     assert set(cfg.destinations()) == {"PACS_MAIN", "ARCHIVE"}
     assert cfg.sources_by_ae() == {"CT1": "CT_SCANNER_1", "MR1": "MR_SCANNER_1", "STORESCU": "STORESCU"}
     assert [r.name for r in cfg.routes] == ["everything-to-pacs", "ct-and-mr-to-archive"]
-    assert cfg.routes[0].match == {}
+    assert cfg.routes[0].match.is_empty()
     archive = cfg.routes[1]
     assert archive.priority is Priority.bulk
-    assert archive.match["Modality"].regex == "CT|MR"
+    assert archive.match.tests["Modality"].regex == "CT|MR"
     assert cfg.tag_keywords() == ["Modality"]
     assert cfg.nodes["PACS_MAIN"].max_associations == 4
     # Relative state/log dirs are anchored at the config file's folder (examples/ → ../run).
@@ -93,7 +93,7 @@ def test_shorthand_match_values() -> None:
             """
         )
     )
-    match = cfg.routes[0].match
+    match = cfg.routes[0].match.tests
     assert match["Modality"].equals == "CT"
     assert match["StationName"].glob == "CT*"
     assert match["SeriesNumber"].equals == "5"

@@ -96,3 +96,64 @@ def test_dataset_without_sop_uids_is_unreadable(tmp_path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
     with pytest.raises(UnreadableDataset, match="SOP Instance UID"):
         read_facts(path)
+
+
+def test_expected_counts_are_read_when_present(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(CT_SMALL)
+    ds.NumberOfStudyRelatedInstances = 120
+    ds.NumberOfSeriesRelatedInstances = "40"
+    path = tmp_path / "counts.dcm"
+    ds.save_as(path)
+    facts = read_facts(path)
+    assert facts.count("NumberOfStudyRelatedInstances") == 120
+    assert facts.count("NumberOfSeriesRelatedInstances") == 40
+
+
+def test_expected_counts_absent_or_unusable_are_none(tmp_path: Path) -> None:
+    facts = read_facts(CT_SMALL)
+    assert facts.get("NumberOfStudyRelatedInstances") is None  # CT_small carries none (most images do not)
+    assert facts.count("NumberOfStudyRelatedInstances") is None
+    ds = pydicom.dcmread(CT_SMALL)
+    ds.NumberOfStudyRelatedInstances = 0
+    ds.add_new(0x00201209, "IS", "")  # NumberOfSeriesRelatedInstances, present but empty
+    path = tmp_path / "zero.dcm"
+    ds.save_as(path)
+    facts = read_facts(path)
+    assert facts.count("NumberOfStudyRelatedInstances") is None
+    assert facts.count("NumberOfSeriesRelatedInstances") is None
+    assert facts.count("Modality") is None  # not a number
+
+
+def test_sequence_paths_collect_every_item(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = generate_uid()
+    items = []
+    for rp in ("RP1", "RP77"):
+        item = Dataset()
+        item.RequestedProcedureID = rp
+        code = Dataset()
+        code.CodeValue = f"C-{rp}"
+        item.ScheduledProtocolCodeSequence = Sequence([code])
+        items.append(item)
+    ds.RequestAttributesSequence = Sequence(items)
+    path = tmp_path / "seq.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    facts = read_facts(
+        path,
+        [
+            "RequestAttributesSequence.RequestedProcedureID",
+            "RequestAttributesSequence.ScheduledProtocolCodeSequence.CodeValue",
+            "ReferencedStudySequence.ReferencedSOPInstanceUID",
+        ],
+    )
+    assert facts.values["RequestAttributesSequence.RequestedProcedureID"] == ("RP1", "RP77")
+    assert facts.values["RequestAttributesSequence.ScheduledProtocolCodeSequence.CodeValue"] == ("C-RP1", "C-RP77")
+    assert facts.values["ReferencedStudySequence.ReferencedSOPInstanceUID"] == ()
+    assert facts.get("RequestAttributesSequence.RequestedProcedureID") is None  # get() is for plain keywords

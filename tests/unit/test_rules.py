@@ -72,7 +72,7 @@ def destinations(targets: list[Target]) -> set[str]:
 )
 def test_operator(match_yaml: str, value: str | None, hit: bool) -> None:
     cfg = one_route(match_yaml)
-    key = next(iter(cfg.routes[0].match))
+    key = next(iter(cfg.routes[0].match.tests))
     targets, decisions = evaluate(cfg, facts({key: value}))
     assert decisions[0].matched is hit
     assert destinations(targets) == ({"PACS_MAIN"} if hit else set())

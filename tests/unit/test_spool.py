@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -190,3 +191,22 @@ def test_below_reserve_refuses_before_writing(tmp_path: Path) -> None:
     assert ok.error is None
     ok.write(b"data")
     assert spool.path(spool.commit(ok)).read_bytes() == b"data"
+
+
+def test_the_reception_is_hashed_while_written(spool: Spool) -> None:
+    data = os.urandom(300_000)
+    tmp = spool.new_temp()
+    for i in range(0, len(data), 16_384):
+        tmp.write(memoryview(data)[i : i + 16_384])  # pynetdicom hands over slices of its PDU buffer
+    key = spool.commit(tmp)
+    assert tmp.sha256 == hashlib.sha256(data).hexdigest() == hashlib.sha256(spool.path(key).read_bytes()).hexdigest()
+    assert spool.new_temp().sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_a_failed_write_is_not_hashed(spool: Spool) -> None:
+    tmp = spool.new_temp()
+    tmp.write(b"abc")
+    tmp._real = FailingFile(tmp._real)  # type: ignore[assignment]
+    tmp.write(b"lost")
+    assert tmp.error is not None and tmp.sha256 == hashlib.sha256(b"abc").hexdigest()
+    tmp.discard()

@@ -76,8 +76,8 @@ def add(
 ) -> tuple[int, str]:
     key = key or f"key{next(_counter):06d}"
     jobs = [NewJob(d, "route-" + d.lower(), priority) for d in destinations]
-    instance_id = store.add_instance(key, facts(**fact_kwargs), jobs, now)  # type: ignore[arg-type]
-    return instance_id, key
+    added = store.add_instance(key, facts(**fact_kwargs), jobs, now)  # type: ignore[arg-type]
+    return added.instance_id, key
 
 
 def jobs_of(store: Store, **flt: object) -> list[Job]:
@@ -746,3 +746,84 @@ def test_count_with_a_cap_stops_early_only_when_instances_are_joined(store: Stor
     assert store.count_jobs(JobFilter(accession="CAP"), cap=2) == 3  # "more than 2"
     assert store.count_jobs(JobFilter(accession="CAP")) == 5
     assert store.count_jobs(JobFilter(destination="PACS"), cap=2) >= 5  # job-only filters stay exact and fast
+
+
+# The schema-1 tables the first releases created (instances, jobs, meta), verbatim: an upgrade must keep their
+# rows and make them usable by everything schema 2 added.
+_SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE instances (
+    id INTEGER PRIMARY KEY, spool_key TEXT NOT NULL UNIQUE, sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL, transfer_syntax TEXT NOT NULL, study_uid TEXT, series_uid TEXT, patient_id TEXT,
+    accession TEXT, modality TEXT, calling_ae TEXT, called_ae TEXT, source_node TEXT, size_bytes INTEGER NOT NULL,
+    received_at REAL NOT NULL, routed INTEGER NOT NULL, spool_state TEXT NOT NULL DEFAULT 'kept', finished_at REAL
+);
+CREATE INDEX instances_study ON instances(study_uid);
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY, instance_id INTEGER NOT NULL REFERENCES instances(id), destination TEXT NOT NULL,
+    route TEXT, priority INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL, lease_until REAL, claimed_by TEXT, last_status INTEGER, last_error TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, done_at REAL
+);
+CREATE INDEX jobs_instance ON jobs(instance_id);
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO instances(spool_key, sop_instance_uid, sop_class_uid, transfer_syntax, study_uid, series_uid, size_bytes,
+    received_at, routed) VALUES ('old1', '1.2.3.4', '1.2.840.10008.5.1.4.1.1.2', '1.2.840.10008.1.2.1', '1.2.3',
+    '1.2.3.1', 500, 1800000000.0, 1);
+INSERT INTO jobs(instance_id, destination, route, priority, state, next_attempt_at, created_at, updated_at)
+    VALUES (1, 'PACS', 'all', 1, 'queued', 1800000000.0, 1800000000.0, 1800000000.0);
+"""
+
+
+def test_init_upgrades_a_schema_1_queue_in_place(db_path: Path) -> None:
+    import sqlite3
+
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_path)
+    conn.executescript(_SCHEMA_1)
+    conn.close()
+    s = Store(db_path)
+    s.init()
+    s.init()  # idempotent
+    (old,) = jobs_of(s)
+    assert (old.state, old.morph, old.transcode, old.wait_for, old.content_sha256) == (
+        JobState.QUEUED,
+        (),
+        "decompress",
+        None,
+        None,
+    )
+    assert old.series_uid == "1.2.3.1"
+    # The old row has no hash: the same UID arriving now is not compared with it (no ledger decision).
+    new = s.add_instance(
+        "new1",
+        InstanceFacts("1.2.3.4", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", 500, study_uid="1.2.3",
+                      content_sha256="ab" * 32),
+        [NewJob("PACS", "all", 1, morph=("strip",), transcode="never")],
+        T0,
+    )  # fmt: skip
+    assert new.skipped == [] and new.conflicts == []
+    assert s.get_job(new.job_ids[0]).morph == ("strip",)  # type: ignore[union-attr]
+    assert s.study_counts()["open"] == 1 and s.map_uid("study", "1.2.3")
+    check = sqlite3.connect(db_path)
+    assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    indexes = {r[0] for r in check.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"instances_sop", "instances_late", "instances_conflict", "studies_state", "series_state"} <= indexes
+    check.close()
+    s.close()
+
+
+def test_jobs_carry_their_outgoing_steps(store: Store) -> None:
+    added = store.add_instance(
+        "k-morph",
+        facts(),
+        [NewJob("PACS", "r", 1, morph=("research", "site-prefix"), transcode="never"), NewJob("ARCHIVE", "r", 1)],
+        T0,
+    )
+    pacs, archive = (store.get_job(i) for i in added.job_ids)
+    assert pacs is not None and archive is not None
+    assert (pacs.morph, pacs.transcode) == (("research", "site-prefix"), "never")
+    assert (archive.morph, archive.transcode) == ((), "decompress")
+    assert pacs.as_dict()["morph"] == ("research", "site-prefix")
+    (claimed,) = store.claim("PACS", "w", 1, LEASE, T0)
+    assert claimed.morph == ("research", "site-prefix")
