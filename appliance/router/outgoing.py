@@ -18,7 +18,7 @@ from typing import Any
 
 import pydicom
 
-from . import transcode
+from . import splice, transcode
 from .morph import Change, MorphFailed, MorphProfile, UidMapper, apply_profiles
 
 
@@ -70,6 +70,7 @@ def prepare(
         )
     ds = pydicom.dcmread(source, defer_size=4096)
     stored_syntax = str(ds.file_meta.TransferSyntaxUID)
+    as_read = dict(ds._dict)  # every top-level element still raw: what the splice copies unchanged
     try:
         changes = apply_profiles(ds, [(name, profiles[name]) for name in profile_names], uids)
     except MorphFailed as exc:
@@ -83,6 +84,8 @@ def prepare(
         decompressed_from = stored_syntax
     path = out.new_path()
     try:
+        if decompressed_from is None and splice.write(ds, as_read, source, path):
+            return Prepared(path, changes, send_syntax, None, str(ds.SOPInstanceUID))
         try:
             ds.save_as(path, enforce_file_format=True)
         except (KeyError, ValueError, TypeError):

@@ -245,7 +245,9 @@ class Receiver:
             self.audit.record("receive", "failure", reason="calling AE title not a configured source", **ctx)
             return _STATUS_NOT_AUTHORIZED
         targets, _ = rules.evaluate(
-            cfg, rules.Facts(calling_ae=calling, called_ae=called, source_node=source_node, tags=facts.values)
+            cfg,
+            rules.Facts(calling_ae=calling, called_ae=called, source_node=source_node, tags=facts.values),
+            explain=False,
         )
         try:
             key = self.spool.commit(tmp)

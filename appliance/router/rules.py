@@ -58,12 +58,22 @@ class RouteDecision:
     targets: tuple[Target, ...] = field(default=(), compare=False)  # for a hit: what this route asks for
 
 
-def evaluate(cfg: RouterConfig, facts: Facts, now: datetime | None = None) -> tuple[list[Target], list[RouteDecision]]:
-    """Every matching route contributes its destinations; one target per destination (see module doc)."""
+def evaluate(
+    cfg: RouterConfig, facts: Facts, now: datetime | None = None, *, explain: bool = True
+) -> tuple[list[Target], list[RouteDecision]]:
+    """Every matching route contributes its destinations; one target per destination (see module doc).
+
+    With explain=False (the receiver's hot path) misses are not put into words and no decisions are returned.
+    """
     when = now or datetime.now()
     by_destination: dict[str, Target] = {}
     decisions: list[RouteDecision] = []
     for route in cfg.routes:
+        if not explain:
+            if holds(route.match, facts) and (not route.when or any(w.contains(when) for w in route.when)):
+                for target in _targets(cfg, route):
+                    _keep_best(by_destination, target)
+            continue
         misses = list(condition_misses(route.match, facts))
         if not misses and route.when and not any(w.contains(when) for w in route.when):
             windows = " or ".join(w.describe() for w in route.when)
@@ -71,13 +81,21 @@ def evaluate(cfg: RouterConfig, facts: Facts, now: datetime | None = None) -> tu
         if misses:
             decisions.append(RouteDecision(route.name, False, tuple(misses)))
             continue
-        targets = tuple(_target(cfg, route, dest) for dest in route.to)
+        targets = _targets(cfg, route)
         decisions.append(RouteDecision(route.name, True, (), targets))
         for target in targets:
-            current = by_destination.get(target.destination)
-            if current is None or _rank(target) < _rank(current):
-                by_destination[target.destination] = target
+            _keep_best(by_destination, target)
     return list(by_destination.values()), decisions
+
+
+def _keep_best(by_destination: dict[str, Target], target: Target) -> None:
+    current = by_destination.get(target.destination)
+    if current is None or _rank(target) < _rank(current):
+        by_destination[target.destination] = target
+
+
+def _targets(cfg: RouterConfig, route: Route) -> tuple[Target, ...]:
+    return tuple(_target(cfg, route, dest) for dest in route.to)
 
 
 def _rank(t: Target) -> tuple[int, int]:
@@ -99,6 +117,18 @@ def _target(cfg: RouterConfig, route: Route, destination: str) -> Target:
         morph=tuple(route.morph) + tuple(p for p in node_morph if p not in route.morph),
         transcode=route.transcode,
     )
+
+
+def holds(cond: Condition, facts: Facts) -> bool:
+    """Does `cond` hold? The same logic as condition_misses, without the words."""
+    for key, op in cond.tests.items():
+        if not op.matches(facts.value(key)):
+            return False
+    if not all(holds(child, facts) for child in cond.all_of):
+        return False
+    if cond.any_of and not any(holds(child, facts) for child in cond.any_of):
+        return False
+    return cond.none_of is None or not holds(cond.none_of, facts)
 
 
 def condition_misses(cond: Condition, facts: Facts) -> Iterator[str]:

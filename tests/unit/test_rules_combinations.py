@@ -321,3 +321,78 @@ def test_a_dataset_condition_does_not_narrow_the_sources() -> None:
     # Modality says nothing about who sent the object: the test scanner could send CT too.
     with pytest.raises(ConfigError):
         config("- {name: r, match: {Modality: CT}, to: [PACS_MAIN]}\n", with_test_nodes=True)
+
+
+def test_morph_profile_problems_are_reported_with_their_lines() -> None:
+    text = BAD_MORPH
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    found = {p.where: (p.line, p.message) for p in info.value.problems}
+    lines = text.splitlines()
+    assert found["morph_profiles.fix-date.steps[0].set"][1].startswith(
+        "value '2024-01-31' does not fit StudyDate (VR DA): DA must be a date written YYYYMMDD"
+    )
+    assert "did you mean PatientName?" in found["morph_profiles.fix-date.steps[1].prefix.tag"][1]
+    assert "does not compile" in found["morph_profiles.fix-date.steps[2].regex"][1]
+    for where, needle in (
+        ("steps[0].set", "2024-01-31"),
+        ("steps[1].prefix.tag", "PatientNme"),
+        ("steps[2].regex", "(["),
+    ):
+        line, _ = found[f"morph_profiles.fix-date.{where}"]
+        assert needle in lines[line - 1]
+
+
+BAD_MORPH = """\
+nodes:
+  CT: {ae_title: CT1, host: 10.0.0.1, port: 104, role: source}
+  PACS: {ae_title: PACS, host: 10.0.0.2, port: 104, role: destination, morph: [fix-date]}
+morph_profiles:
+  fix-date:
+    steps:
+      - set: {tag: StudyDate, value: "2024-01-31"}
+      - prefix: {tag: PatientNme, value: "N-"}
+      - regex: {tag: PatientID, pattern: "([", replace: ""}
+routes:
+  - {name: r, match: {Modality: CT}, to: [PACS]}
+"""
+
+
+def test_the_receivers_fast_path_decides_exactly_like_the_explained_one() -> None:
+    import random
+
+    from tests.bench.bench_relay import fifty_rules
+
+    routes = fifty_rules() + [
+        {"name": "night", "when": {"between": "18:00-07:00"}, "to": ["TELERAD"], "action": "hold"},
+        {"name": "seq", "match": {"RequestAttributesSequence.RequestedProcedureID": "RP*"}, "to": ["TELERAD"]},
+    ]
+    cfg = RouterConfig.model_validate(
+        {
+            "nodes": {
+                "PACS_MAIN": {"ae_title": "PACS", "host": "h", "port": 104, "role": "destination"},
+                "TELERAD": {"ae_title": "TELE", "host": "h", "port": 104, "role": "destination"},
+            },
+            "routes": routes,
+        }
+    )
+    rng = random.Random(7)
+    values = {
+        "Modality": ["CT", "MR", "US", "SR", None],
+        "StationName": ["ROOM0A", "ROOM5", None],
+        "StudyDescription": ["Protocol 2 head", "x", None],
+        "AccessionNumber": ["X0003A", "A1", None],
+        "PatientID": ["P1", None],
+        "InstitutionName": ["Hospital 4", None],
+        "ReferringPhysicianName": ["DR^X", None],
+        "RequestAttributesSequence.RequestedProcedureID": [("RP1",), (), ("X", "RP9")],
+    }
+    for _ in range(500):
+        tags = {k: rng.choice(v) for k, v in values.items()}
+        ae = rng.choice(["MOD1", "MOD6B", "STORESCU", None])
+        f = Facts(calling_ae=ae, called_ae="DICOM_ROUTER", source_node=None, tags=tags)
+        at = rng.choice([FRIDAY_NOON, FRIDAY_NIGHT])
+        explained, _ = evaluate(cfg, f, at)
+        fast, decisions = evaluate(cfg, f, at, explain=False)
+        assert sorted(fast, key=lambda t: t.destination) == sorted(explained, key=lambda t: t.destination)
+        assert decisions == []
