@@ -112,15 +112,16 @@ def dry_run(
     return run
 
 
-def render(run: DryRun, cfg: RouterConfig, *, verbose: bool = True) -> str:
-    """The report as an operator reads it: per object, where it goes and why the other routes did not match."""
+def render(run: DryRun, cfg: RouterConfig, *, verbose: bool = True, source_hint: str = "pass --source NODE") -> str:
+    """The report as an operator reads it: per object, where it goes and why the other routes did not match.
+    `source_hint` says how the reader picks a source (the CLI's option, the console's field)."""
     lines: list[str] = []
     who = run.source_node or (f"unknown caller {run.calling_ae}" if run.calling_ae else None)
-    lines.append(f"as if sent by {who or 'no known source (pass --source NODE)'} at {run.at:%a %Y-%m-%d %H:%M}")
+    lines.append(f"as if sent by {who or f'no known source ({source_hint})'} at {run.at:%a %Y-%m-%d %H:%M}")
     if who is None and any(
         "source_node" in r.match.tested_keys() or "calling_ae" in r.match.tested_keys() for r in cfg.routes
     ):
-        lines.append("  note: routes that test source_node or calling_ae cannot match without --source")
+        lines.append(f"  note: routes testing source_node or calling_ae cannot match without a source ({source_hint})")
     for obj in run.objects:
         lines.append("")
         if obj.unreadable:

@@ -1,6 +1,6 @@
 """`dicom-router console`: the on-call console. One screen per job; every screen reaches the router only
 through `backend.Backend`. Keys: d dashboard · e endpoints · u queue · b backups · c config history ·
-l logs · ? help · ctrl+q quit.
+l logs · w rules test · ? help · ctrl+q quit.
 
 The refresh tick: every `refresh_seconds` the app calls `refresh_data()` on the screen in front (only that
 one: hidden screens do no I/O; none while a dialog is open, so nothing changes under a question), if the
@@ -41,6 +41,7 @@ SCREENS = {
     "backups": ("backups", "BackupsScreen"),
     "history": ("history", "HistoryScreen"),
     "logs": ("logs", "LogsScreen"),
+    "rules": ("rules_test", "RulesTestScreen"),
 }
 
 
@@ -57,11 +58,12 @@ def _lazy_screen(module: str, class_name: str) -> Callable[[], Screen[Any]]:
     return make
 
 
-# The six screen keys share one footer slot so an 80-column footer still shows every screen's own keys;
+# The seven screen keys share one footer slot so an 80-column footer still shows every screen's own keys;
 # `?` spells them out (SCREEN_KEYS_HELP is appended to every screen's help).
 SCREEN_KEYS = Binding.Group("Screens")
 SCREEN_KEYS_HELP = (
     "SCREENS (any screen)\n  d dashboard · e endpoints · u queue · b backups · c config history · l logs\n"
+    "  w rules test (where would these files go?)\n"
     "  ? this help · Escape closes a dialog · ctrl+q quits the console (the router keeps running)"
 )
 
@@ -77,6 +79,7 @@ class ConsoleApp(App[None]):
         Binding("b", "switch_mode('backups')", "Backups", group=SCREEN_KEYS),
         Binding("c", "switch_mode('history')", "Config history", group=SCREEN_KEYS),
         Binding("l", "switch_mode('logs')", "Logs", group=SCREEN_KEYS),
+        Binding("w", "switch_mode('rules')", "Rules test", group=SCREEN_KEYS),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]

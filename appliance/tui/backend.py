@@ -10,8 +10,9 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ from appliance.router.history import (
     unified_diff,
 )
 from appliance.router.operations import OperationError, Outcome
+from appliance.router.rules import environment_problems
+from appliance.router.rules_dryrun import DryRun, dicom_files, dry_run, render
 from appliance.router.scu import EchoResult, Peer, echo
 from appliance.router.status import collect, short_age
 from appliance.router.store import DestinationStats, Job, JobFilter, Store
@@ -50,7 +53,8 @@ from .problems import console_problems, first_refusals
 
 PAGE_SIZE = 100
 COUNT_CAP = 10_000  # the queue screen's total stops here for filters on study/accession/patient/age (speed)
-NODE_FIELDS = ("ae_title", "host", "port", "role", "max_associations")
+NODE_FIELDS = ("ae_title", "host", "port", "role", "max_associations", "environment")
+RULES_TEST_BATCH = 100  # files per dry-run call: progress and "stop" are checked between batches
 
 
 class BackendError(Exception):
@@ -106,6 +110,34 @@ class Dashboard:
     throughput: list[int]  # delivered per minute, last 30 minutes, oldest first
     problems: list[str] = field(default_factory=list)  # worst first, in plain words
     levels: list[str] = field(default_factory=list)  # "error" | "warning", one per problem
+
+
+@dataclass
+class RulesTest:
+    """What `rules test` says about some files: the report in the CLI's words, and its counts."""
+
+    text: str
+    run: DryRun
+    config_label: str  # "the live config (/etc/…)" or "proposed config /tmp/…"
+    files: int  # files found under the paths
+    stopped: bool = False  # the operator stopped it: `run` covers the first files only
+    proposed: bool = False  # tested under a proposed config file, not the live one
+
+    @property
+    def tested(self) -> int:
+        return len(self.run.objects)
+
+    @property
+    def refused(self) -> int:
+        return sum(1 for o in self.run.objects if o.unreadable)
+
+    @property
+    def unrouted(self) -> int:
+        return sum(1 for o in self.run.objects if not o.unreadable and not o.targets)
+
+    @property
+    def held(self) -> int:
+        return sum(1 for o in self.run.objects if any(t.hold_reason is not None for t in o.targets))
 
 
 class Backend:
@@ -329,6 +361,13 @@ class Backend:
         for other, n in cfg.nodes.items():
             if other not in (name, editing) and n.ae_title == node.ae_title:
                 problems["ae_title"] = f"AE title {node.ae_title} is already used by {other}"
+        # `config apply` refuses routes that mix test and production: say so at the field, before Save.
+        nodes = {other: n for other, n in cfg.nodes.items() if other != editing}
+        nodes[name or editing or "?"] = node
+        crossing = [message for _, message in environment_problems(cfg.model_copy(update={"nodes": nodes}))]
+        if crossing:
+            more = f" (and {len(crossing) - 1} more)" if len(crossing) > 1 else ""
+            problems.setdefault("environment", f"{crossing[0]}{more}")
         return problems
 
     def save_node(self, name: str, fields: dict[str, Any], reason: str, *, editing: str | None = None,
@@ -504,6 +543,88 @@ class Backend:
     def audit_tail(self, lines: int = 200, contains: str = "", *, ignore_case: bool = False) -> list[str]:
         return _grep_tail(self.config().audit_path, [contains] if contains else [], lines, ignore_case=ignore_case)
 
+    # -- rules test ----------------------------------------------------------------------------------
+    def rules_config(self, config_file: Path | str | None = None) -> tuple[RouterConfig, str]:
+        """The config a rules test runs under: the live one, or a proposed file (checked as `config check`
+        would); with words saying which."""
+        if config_file is None or not str(config_file).strip():
+            return self._valid_config(), f"the live config ({self.config_path})"
+        path = Path(str(config_file).strip()).expanduser()
+        try:
+            cfg = load_config(path)
+        except ConfigError as exc:
+            shown = "; ".join(str(p) for p in exc.problems[:5])
+            more = f" (and {len(exc.problems) - 5} more)" if len(exc.problems) > 5 else ""
+            raise BackendError(
+                f"the proposed config {path} has {len(exc.problems)} problem(s): {shown}{more}. Nothing was tested: "
+                f"fix the file (`dicom-router config check {path}` lists every problem with its line)"
+            ) from None
+        return cfg, f"proposed config {path}"
+
+    def rules_sources(self, config_file: Path | str | None = None) -> list[tuple[str, Node]]:
+        """The nodes that send to the router (role source or both), by name: who a rules test can pretend
+        sent the files."""
+        cfg, _ = self.rules_config(config_file)
+        return [(name, node) for name, node in sorted(cfg.nodes.items()) if node.is_source]
+
+    def rules_test(
+        self,
+        paths: Sequence[Path | str],
+        source_node: str | None = None,
+        at: datetime | None = None,
+        *,
+        config_file: Path | str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> RulesTest:
+        """`dicom-router rules test`: where each DICOM file under `paths` would go, as if `source_node` sent it
+        at `at` (default: now), under the live config or `config_file`. Sends nothing, changes nothing.
+        Blocking (a folder can hold thousands of files): `progress(done, total)` is called between batches,
+        and the test ends early, marked stopped, once `stop()` is true."""
+        cfg, label = self.rules_config(config_file)
+        if source_node is not None and source_node not in cfg.nodes:
+            known = ", ".join(name for name, node in sorted(cfg.nodes.items()) if node.is_source) or "none"
+            raise BackendError(f"there is no node {source_node} in {label} (sources: {known})")
+        wanted = [Path(str(p).strip()).expanduser() for p in paths if str(p).strip()]
+        if not wanted:
+            raise BackendError("type the path of a DICOM file, or of a folder of sample files")
+        missing = [str(p) for p in wanted if not p.exists()]
+        if missing:
+            raise BackendError(
+                f"no such file or folder: {', '.join(missing)}. Type the full path (it starts with /) of a DICOM "
+                "file or of a folder of samples on this appliance"
+            )
+        try:
+            files = list(dicom_files(wanted))
+        except OSError as exc:
+            raise BackendError(f"cannot list {exc.filename or wanted[0]}: {exc.strerror}") from None
+        if not files:
+            raise BackendError(f"no files in {', '.join(map(str, wanted))} (hidden files are skipped)")
+        when = at or datetime.fromtimestamp(self.clock()).replace(second=0, microsecond=0)
+        run = DryRun(source_node, None, when)
+        stopped = False
+        for start in range(0, len(files), RULES_TEST_BATCH):
+            if stop is not None and stop():
+                stopped = True
+                break
+            part = dry_run(cfg, files[start : start + RULES_TEST_BATCH], source_node=source_node, at=when)
+            run.source_node, run.calling_ae = part.source_node, part.calling_ae
+            run.objects += part.objects
+            if progress is not None:
+                progress(len(run.objects), len(files))
+        # Paths below the folder typed (or beside the one file typed): shorter lines, same meaning.
+        base = (wanted[0] if wanted[0].is_dir() else wanted[0].parent) if len(wanted) == 1 else None
+        if base is not None:
+            run.objects = [replace(o, path=str(Path(o.path).relative_to(base))) for o in run.objects]
+        text = render(run, cfg, source_hint="choose a source")  # here the source is a field on the screen
+        lines = [f"under {label}" + (f", files in {base}" if base is not None else ""), text]
+        if stopped:
+            lines.append(
+                f"STOPPED after {len(run.objects):,} of {len(files):,} file(s): the counts above cover those only"
+            )
+        proposed = config_file is not None and bool(str(config_file).strip())
+        return RulesTest("\n".join(lines), run, label, len(files), stopped, proposed)
+
     # -- internals -----------------------------------------------------------------------------------
     def _valid_config(self) -> RouterConfig:
         try:
@@ -586,7 +707,7 @@ class Backend:
 
 def _routes_using(cfg: RouterConfig, node: str) -> list[str]:
     used = [r.name for r in cfg.routes if node in r.to]
-    used += [r.name for r in cfg.routes if r.match.get("source_node") and r.match["source_node"].equals == node]
+    used += [r.name for r in cfg.routes if any(op.equals == node for op in r.match.operators_for("source_node"))]
     return used
 
 
@@ -615,8 +736,8 @@ def _node_dict(fields: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in NODE_FIELDS:
         value = fields.get(key)
-        if value is None or value == "":
-            continue
+        if value is None or value == "" or (key == "environment" and value == "production"):
+            continue  # the default is not written: the file keeps only what differs from it
         if key in ("port", "max_associations") and isinstance(value, str):
             value = int(value) if value.strip().isdigit() else value
         out[key] = value
@@ -667,4 +788,4 @@ def _one_line(line: str) -> str:
     return line
 
 
-__all__ = ["Backend", "BackendError", "Dashboard", "JobDetail", "JobQuery", "Page", "short_age"]
+__all__ = ["Backend", "BackendError", "Dashboard", "JobDetail", "JobQuery", "Page", "RulesTest", "short_age"]

@@ -20,6 +20,7 @@ _RANKS: tuple[tuple[str, int], ...] = (
     ("is not running", 0),
     ("MB reserve", 15),
     ("EXPIRED", 25),
+    ("already-seen SOP Instance UID", 45),  # two objects under one identifier: a patient-safety check
     ("% full", 50),
     ("scheduled job", 65),
     ("scheduler:", 65),
@@ -142,6 +143,21 @@ def _clock_problem(clock: ClockState) -> Problem | None:
     return None
 
 
+# The status report's CLI hints, as the console's keys.
+_CONSOLE_HINTS = (
+    (
+        "(`queue ls --state held`)",
+        "(Queue: u, filter state held; Enter on a job shows which earlier job it conflicts with)",
+    ),
+)
+
+
+def _console_words(text: str) -> str:
+    for cli, keys in _CONSOLE_HINTS:
+        text = text.replace(cli, keys)
+    return text
+
+
 def console_problems(
     report: dict[str, Any], clock: ClockState, refusals: dict[str, Refusal], now: float
 ) -> list[Problem]:
@@ -152,7 +168,7 @@ def console_problems(
         if any(text.startswith(n + " ") for n in names):
             continue  # re-worded below from the destination's row
         rank = next((r for word, r in _RANKS if word in text), _OTHER_RANK)
-        problems.append(Problem(rank, text))
+        problems.append(Problem(rank, _console_words(text)))
     for d in report["destinations"]:
         problems += destination_problems(d, refusals.get(d["name"]), now)
     clock_problem = _clock_problem(clock)

@@ -89,7 +89,8 @@ def test_hold_route_and_missing_source(tmp_path: Path) -> None:
     mr = get_testdata_file("MR_small.dcm")
     out = rules_test(tmp_path, mr, "--at", "12:00")
     assert out.returncode == 0, out.stderr
-    assert "note: routes that test source_node or calling_ae cannot match without --source" in out.stdout
+    note = "note: routes testing source_node or calling_ae cannot match without a source (pass --source NODE)"
+    assert note in out.stdout
     assert "→ PACS  routine  via route mr-review  per instance  HELD: MR protocol under review" in out.stdout
 
 

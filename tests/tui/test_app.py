@@ -56,7 +56,7 @@ def test_every_screen_key_reaches_its_screen(outage: State, settle: Settle) -> N
         async with app.run_test(size=(120, 30)) as pilot:
             await settle(pilot)
             for key, mode in (("e", "endpoints"), ("u", "queue"), ("b", "backups"), ("c", "history"),
-                              ("l", "logs"), ("d", "dashboard")):  # fmt: skip
+                              ("l", "logs"), ("w", "rules"), ("d", "dashboard")):  # fmt: skip
                 await pilot.press(key)
                 await settle(pilot)
                 assert app.current_mode == mode

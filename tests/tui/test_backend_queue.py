@@ -191,7 +191,8 @@ def test_words_for_people() -> None:
     assert "EVERY job" not in confirm_body(ACTIONS["retry"], target)
     assert short_error(AE_REJECTED).startswith("rejected the association permanently: called AE title not recog")
     assert advice("failed", AE_REJECTED).startswith("the AE title in our config does not match")
-    assert advice("held", None) == "an operator is holding it: s releases it"
+    assert advice("held", None, why={"event": "operator_hold"}) == "an operator is holding it: s releases it"
+    assert advice("held", None) == "held: its history (Enter) says who or what holds it and why; s releases it"
 
 
 def test_pager_keeps_exact_page_starts() -> None:

@@ -119,6 +119,21 @@ def test_ranking_puts_stopped_services_and_outages_before_housekeeping() -> None
     )
 
 
+def test_a_uid_conflict_ranks_above_housekeeping_in_console_words() -> None:
+    conflict = (
+        "2 job(s) held: a different object arrived under an already-seen SOP Instance UID — compare patient and "
+        "study of both versions before releasing (`queue ls --state held`)"
+    )
+    ranked = pr.console_problems(
+        _report(["1 object(s) matched no route (kept; see `queue ls --state unrouted`)", conflict]), NO_CHRONY, {}, NOW
+    )
+    assert ranked[0].text == conflict.replace(
+        "(`queue ls --state held`)",
+        "(Queue: u, filter state held; Enter on a job shows which earlier job it conflicts with)",
+    )
+    assert ranked[0].level == "error"
+
+
 def test_a_slow_destination_and_a_removed_one_are_named() -> None:
     slow = _dest("ARCHIVE", backlog=300, oldest_pending_age_seconds=2 * 3600 + 300, failures_last_hour=4,
                  last_error="destination ARCHIVE (ARCHIVE@10.1.2.20:104): association aborted")  # fmt: skip

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Button, Input, Label, Static
+from textual.widgets import Button, Input, Label, Select, Static
 
 from appliance.router.scu import EchoResult
 from appliance.tui.screens.endpoints import EndpointsScreen
@@ -232,6 +232,62 @@ async def test_a_change_apply_refuses_is_shown_and_nothing_changes(tmp_path: Pat
         await settle(pilot)
         assert isinstance(app.screen, EndpointsScreen)
     assert site.config_path.read_bytes() == live
+
+
+@run_async
+async def test_the_environment_is_set_in_the_form_and_a_crossing_route_is_named(tmp_path: Path) -> None:
+    """A node's environment (production/test) is edited like its other fields; making a source TEST while a route
+    carries everything to the production PACS is refused at the field, before Save, in config check's words."""
+    site = make_site(tmp_path / "site", story=False)
+    app = site.app()
+    async with app.run_test(size=(100, 40)) as pilot:
+        await open_endpoints(pilot, highlight="CT_SCANNER_1")
+        await pilot.press("e")
+        await settle(pilot)
+        form = app.screen
+        assert isinstance(form, NodeFormScreen) and form.values()[1]["environment"] == "production"
+        form.query_one("#environment", Select).value = "test"  # as picked from its list
+        await settle(pilot)
+        problem = str(form.query_one("#problem-environment", Label).visual)
+        assert problem.startswith("route 'everything-to-pacs' could carry objects from test source 'CT_SCANNER_1' "
+                                  "to production destination 'PACS_MAIN'")  # fmt: skip
+        assert form.query_one("#save", Button).disabled
+        await pilot.press("escape")
+        await settle(pilot)
+
+        await go_to(pilot, "ARCHIVE")  # any other change leaves the environment as it was
+        await pilot.press("e")
+        await settle(pilot)
+        await type_into(pilot, "port", "11112")
+        await pilot.press("ctrl+s")
+        await settle(pilot)
+        await give_reason(pilot, "ARCHIVE moved to port 11112")
+        assert "node ARCHIVE saved" in dialog_text(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "environment:" not in site.config_path.read_text()  # the default is not written into the file
+
+        await pilot.press("a")
+        await settle(pilot)
+        await type_into(pilot, "name", "PACS_TEST")
+        await type_into(pilot, "ae_title", "PACST")
+        await type_into(pilot, "host", "10.1.2.11")
+        await type_into(pilot, "port", "104")
+        app.screen.query_one("#environment", Select).value = "test"
+        await settle(pilot)
+        assert app.screen.query_one("#save", Button).disabled is False  # no route sends to it yet
+        await pilot.press("ctrl+s")
+        await settle(pilot)
+        assert "TEST environment" in dialog_text(pilot)  # the reason dialog says what is being saved
+        await give_reason(pilot, "test PACS for phantoms")
+        await pilot.press("enter")
+        await settle(pilot)
+        await go_to(pilot, "PACS_TEST")
+        assert "TEST environment" in detail(pilot)
+        assert str(screen(pilot).query_one("#nodes").get_cell("PACS_TEST", "name")) == "PACS_TEST TEST"  # type: ignore[attr-defined]
+    assert "PACS_TEST: {ae_title: PACST, host: 10.1.2.11, port: 104, role: destination, environment: test}" in (
+        site.config_path.read_text()
+    )
 
 
 @run_async

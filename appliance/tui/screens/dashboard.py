@@ -164,8 +164,11 @@ class DashboardScreen(ConsoleScreen):
             oldest = d["oldest_pending_age_seconds"]
             circuit = Text("OPEN", err) if d["circuit"] == "open" else Text(d["circuit"])
             name_style = err if d["circuit"] == "open" or c["failed"] else warn if d["paused"] else ok
+            name = Text(d["name"], name_style)
+            if d.get("environment") == "test":
+                name.append(" TEST", warn)  # test data: never to be mistaken for a production destination
             table.add_row(
-                Text(d["name"], name_style),
+                name,
                 Text(str(d["backlog"]), justify="right"),
                 Text(short_age(oldest), warn if oldest and oldest > 1800 else "", justify="right"),
                 Text(str(c["failed"]), err if c["failed"] else "", justify="right"),

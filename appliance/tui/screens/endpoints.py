@@ -15,11 +15,12 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.coordinate import Coordinate
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from ..backend import BackendError
 from ..widgets import ConfirmScreen, ConsoleScreen, MessageScreen, ReasonScreen
 from .config_common import apply_outcome, plain, styled
+from .keybar import KeyBar
 from .node_form import NodeDraft, NodeFormScreen
 
 if TYPE_CHECKING:
@@ -41,14 +42,15 @@ WHAT THIS SHOWS
 Every DICOM node in the live config: the name routes use, the AE title it answers to, its address, its role
 (source = sends to the router, destination = the router sends to it), how many parallel associations the
 router opens to it, and the result of the last C-ECHO you made from this console (OK with the round-trip
-time, or FAILED). The panel below the table explains the highlighted node: its routes and the last echo
-in words.
+time, or FAILED). TEST after a name: a test-environment node (phantoms, test PACS); the router never lets a
+route carry objects between test and production nodes. The panel below the table explains the highlighted
+node: its routes, its morph profiles (tag edits on everything sent to it) and the last echo in words.
 
 KEYS
   t        C-ECHO the highlighted node (as the router's own AE title, like the forwarder does)
   T        C-ECHO every node at once
   a        add a node
-  e/Enter  edit the highlighted node
+  e/Enter  edit the highlighted node (AE title, address, role, associations, environment production/test)
   x        remove the highlighted node (refused while a route still sends to it)
   f5       reload the list from the live config
 
@@ -115,7 +117,7 @@ class EndpointsScreen(ConsoleScreen):
             table.add_column(label, key=key)
         yield table
         yield Static("", id="ep-detail")
-        yield Footer()
+        yield KeyBar()  # wraps: every key stays visible at 80 columns (Textual's Footer cuts the last ones)
 
     # -- loading (ConsoleScreen calls load() in a thread on every tick and return to the screen) --------
     def action_reload(self) -> None:
@@ -142,8 +144,11 @@ class EndpointsScreen(ConsoleScreen):
         table.clear()
         for row in rows:
             n = row.node
+            name = Text(row.name)
+            if n.environment == "test":
+                name.append(" TEST", "bold reverse")  # test nodes are labelled wherever a node is shown
             table.add_row(
-                Text(row.name),
+                name,
                 Text(n.ae_title),
                 Text(f"{n.host}:{n.port}"),
                 Text(n.role),
@@ -187,8 +192,13 @@ class EndpointsScreen(ConsoleScreen):
         n = row.node
         text = Text()
         text.append(row.name, style="bold")
-        text.append(f"  {n.address}  {n.role}, up to {n.max_associations} association(s)\n")
+        text.append(f"  {n.address}  {n.role}, up to {n.max_associations} association(s)")
+        text.append(
+            "  TEST environment\n" if n.environment == "test" else "\n", "bold" if n.environment == "test" else ""
+        )
         text.append(f"used by route(s): {', '.join(row.routes)}" if row.routes else "used by no route")
+        if n.morph:  # edited in the config file (a clinical-data change: reviewed, not typed at 3 a.m.)
+            text.append(f"; everything sent to it is morphed by: {', '.join(n.morph)}")
         echo = self.echoes.get(row.name)
         text.append("\n")
         if echo is None:
@@ -286,8 +296,9 @@ class EndpointsScreen(ConsoleScreen):
             return
         n = row.node
         draft = NodeDraft(
-            row.name, n.ae_title, n.host, str(n.port), n.role, str(n.max_associations), row.name, tuple(row.routes)
-        )
+            row.name, n.ae_title, n.host, str(n.port), n.role, str(n.max_associations), n.environment,
+            editing=row.name, routes=tuple(row.routes),
+        )  # fmt: skip
         self.app.push_screen(NodeFormScreen(draft), self._saved)
 
     def _saved(self, outcome: str | None) -> None:

@@ -18,7 +18,7 @@ from ..backend import JobDetail
 from ..widgets import theme_style
 from .keybar import KeyBar
 from .queue_actions import JobActionsScreen
-from .queue_model import Target, advice, fmt_duration
+from .queue_model import Target, advice, cause, fmt_duration
 
 EVENT_WORDS = {
     "delivered": "delivered",
@@ -33,8 +33,23 @@ EVENT_WORDS = {
     "operator_cancel": "cancelled by operator",
     "operator_reroute": "re-routed here by operator",
     "operator_route": "routed by operator",
+    "route_hold": "held by its route",
+    "uid_conflict": "UID CONFLICT",
+    "duplicate": "skipped: duplicate",
+    "study_complete": "study complete",
+    "series_complete": "series complete",
+    "late_arrival": "late arrival",
+    "not_waiting": "sent at once",
 }
-EVENT_STYLE = {"delivered": "success", "failed": "error", "attempt_failed": "warning"}
+EVENT_STYLE = {
+    "delivered": "success",
+    "failed": "error",
+    "attempt_failed": "warning",
+    "uid_conflict": "error",
+    "route_hold": "warning",
+    "late_arrival": "warning",
+}
+STATE_STYLE = {"failed": "error", "held": "warning", "done": "success", "waiting": "primary"}
 
 HELP = """\
 WHAT YOU SEE
@@ -45,6 +60,8 @@ WHAT YOU SEE
 
 KEYS
   r retry   h hold   s release   x cancel   o re-route   (this job only; each asks to confirm, then why)
+           r on a SKIPPED job sends the duplicate anyway; s on a job held for a UID CONFLICT sends the
+           second version: check the patient and study identifiers of both with the sender first
   v        write an evidence file for this job's study (to attach to a ticket)
   Esc      back to the queue
 
@@ -112,7 +129,7 @@ class JobScreen(JobActionsScreen):
         self.detail = detail = data
         j = detail.job
         now = self.backend.clock()
-        state_style = {"failed": "error", "held": "warning", "done": "success"}.get(j.state)
+        state_style = STATE_STYLE.get(j.state)
         head = Text()
         head.append(f"Job {j.id}  ", style="bold")
         head.append(j.state.upper(), style=theme_style(self.app, state_style, bold=True) if state_style else "bold")
@@ -126,16 +143,23 @@ class JobScreen(JobActionsScreen):
             attempts += f"   next attempt {'now' if due <= 0 else 'in ' + fmt_duration(due)}"
         if j.done_at:
             attempts += f"   finished {_ts(j.done_at)}"
+        # How the route asked for it to be sent: shown only when it is not the plain default.
+        how = [f"when its {j.wait_for} is complete" if j.wait_for else "",
+               f"morph: {', '.join(j.morph)}" if j.morph else "",
+               "no transcoding" if j.transcode == "never" else ""]  # fmt: skip
+        why = advice(j.state, j.last_error, why=cause(detail.events), destination=j.destination, wait_for=j.wait_for)
         for label, value in (
             ("study", f"{j.study_uid or '-'}   accession {j.accession or '-'}   modality {j.modality or '-'}"),
             ("object", f"{j.sop_instance_uid}  ({j.size_bytes:,} bytes)"),
             ("SOP class", f"{j.sop_class_uid}   transfer syntax {j.transfer_syntax}"),
             ("received", f"{_ts(j.received_at)} ({fmt_duration(now - j.received_at)} ago) from {j.calling_ae or '?'}"),
             ("attempts", attempts),
+            ("route asks", "  ·  ".join(h for h in how if h)),
             ("last status", detail.last_status_text or "-"),
-            ("what to do", advice(j.state, j.last_error)),
+            ("what to do", why),
         ):
-            grid.add_row(label, value)
+            if value:
+                grid.add_row(label, value)
         grid.add_row(
             "last error", Text(j.last_error or "-", style=theme_style(self.app, "error") if j.last_error else "")
         )
@@ -152,7 +176,7 @@ class JobScreen(JobActionsScreen):
         table.add_column("Status and detail", ratio=1, overflow="fold")
         j = detail.job
         table.add_row(
-            _ts(j.created_at), "queued", "router", f"received from {j.calling_ae or '?'}, route {j.route or '-'}"
+            _ts(j.created_at), "created", "router", f"received from {j.calling_ae or '?'}, route {j.route or '-'}"
         )
         for e in detail.events:
             style = EVENT_STYLE.get(e["event"])

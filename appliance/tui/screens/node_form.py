@@ -24,6 +24,11 @@ ROLES = [
     ("source — it sends to the router", "source"),
     ("both", "both"),
 ]
+ENVIRONMENTS = [
+    ("production — real patients", "production"),
+    ("test — test data only, never mixed with production", "test"),
+]
+SELECTS = ("role", "environment")
 
 # Field id → (label, hint shown when it is empty or not a number)
 FIELDS = {
@@ -45,6 +50,7 @@ class NodeDraft:
     port: str = ""
     role: str = "destination"
     max_associations: str = ""
+    environment: str = "production"
     editing: str | None = None  # the node's current name when editing
     routes: tuple[str, ...] = ()  # routes that use it (renaming would break them)
 
@@ -57,7 +63,7 @@ class NodeFormScreen(ModalScreen[str | None]):
         Binding("escape", "cancel", "Cancel"),
     ]
     DEFAULT_CSS = """
-    NodeFormScreen #node-fields { height: auto; }
+    NodeFormScreen #node-fields { height: auto; max-height: 55vh; }  /* scrolls: Save stays on an 80x24 screen */
     NodeFormScreen .field-row { height: 1; }
     NodeFormScreen .field-row Label { width: 18; }
     NodeFormScreen .field-row:focus-within Label { text-style: bold reverse; }
@@ -91,9 +97,14 @@ class NodeFormScreen(ModalScreen[str | None]):
                         yield Label(label)
                         yield Input(value=str(getattr(d, key)), id=key, placeholder=hint, compact=True)
                     yield Label("", id=f"problem-{key}", classes="field-problem -empty")
+                with Horizontal(classes="field-row"):
+                    yield Label("Environment")
+                    yield Select(ENVIRONMENTS, value=d.environment or "production", allow_blank=False,
+                                 id="environment", compact=True)  # fmt: skip
+                yield Label("", id="problem-environment", classes="field-problem -empty")
                 yield Static(
-                    "Save asks why, then applies it through `config apply`: recorded in the config history under "
-                    "your name; the router reloads.",
+                    "Save asks why, then goes through `config apply`: into the config history under your name; "
+                    "the router reloads.",
                     id="node-note",
                 )
             yield Label("", id="problem-node", classes="field-problem -empty")
@@ -108,7 +119,8 @@ class NodeFormScreen(ModalScreen[str | None]):
     # -- validation as you type --------------------------------------------------------------------
     def values(self) -> tuple[str, dict[str, Any]]:
         fields: dict[str, Any] = {k: self.query_one(f"#{k}", Input).value.strip() for k in FIELDS if k != "name"}
-        fields["role"] = self.query_one("#role", Select).value
+        for key in SELECTS:
+            fields[key] = self.query_one(f"#{key}", Select).value
         return self.query_one("#name", Input).value.strip(), fields
 
     def on_input_changed(self, event: Input.Changed) -> None:
@@ -137,7 +149,7 @@ class NodeFormScreen(ModalScreen[str | None]):
     def _show_problems(self, problems: dict[str, str]) -> None:
         self.problems = problems
         shown = set()
-        for key in (*FIELDS, "role"):
+        for key in (*FIELDS, *SELECTS):
             msg = problems.get(key, "")
             if msg == "Field required" or msg.startswith("Input should be a valid integer"):
                 msg = FIELDS[key][1] if key in FIELDS else "choose a role"
@@ -171,8 +183,10 @@ class NodeFormScreen(ModalScreen[str | None]):
         name, fields = self.values()
         what = "Change" if self.draft.editing else "Add"
         rename = f" (renamed from {self.draft.editing})" if self.draft.editing and name != self.draft.editing else ""
+        test = ", TEST environment" if fields["environment"] == "test" else ""
         body = (
-            f"{what} node {name}{rename}: {fields['ae_title']}@{fields['host']}:{fields['port']}, {fields['role']}.\n"
+            f"{what} node {name}{rename}: {fields['ae_title']}@{fields['host']}:{fields['port']}, {fields['role']}"
+            f"{test}.\n"
             "Why? The reason and ticket go into the config history and the audit trail."
         )
 

@@ -21,10 +21,12 @@ from ..widgets import theme_style
 from .keybar import KeyBar
 from .queue_actions import JobActionsScreen
 from .queue_model import (
+    NOT_DONE,
     STATES,
     FilterError,
     Pager,
     Target,
+    advice,
     describe_query,
     fmt_duration,
     jobs_word,
@@ -53,8 +55,16 @@ UNROUTED_COLUMNS: tuple[tuple[str, int | None], ...] = (
     ("Study UID", None),
 )
 NARROW_DROP = {"Mod", "Accession"}  # below WIDE columns; the line under the table shows them
-STATE_STYLE = {"failed": "error", "held": "warning", "done": "success", "sending": "accent", "cancelled": "secondary"}
-STATE_OPTIONS = [(s, s) for s in STATES] + [("not done (queued, failed, held)", "queued,failed,held")]
+STATE_STYLE = {
+    "failed": "error",
+    "held": "warning",
+    "done": "success",
+    "sending": "accent",
+    "waiting": "primary",
+    "cancelled": "secondary",
+    "skipped": "secondary",
+}
+STATE_OPTIONS = [(s, s) for s in STATES] + [(f"not done ({', '.join(NOT_DONE)})", ",".join(NOT_DONE))]
 MARK = "*"
 WIDE = 110  # narrower than this (80×24 on tty1): fewer columns
 
@@ -66,10 +76,14 @@ WHAT YOU SEE
   Above the table: the filter, and how many jobs match it.
 
 STATES
-  queued   waiting (perhaps backing off after a failed attempt: it is retried by itself)
+  queued   waiting its turn (perhaps backing off after a failed attempt: it is retried by itself)
+  waiting  its route sends whole studies (or series): sent once the study is complete, by itself
   failed   refused for good, or out of attempts: WAITS FOR YOU (fix the cause, then r; or x)
-  held     stopped by an operator (s releases)   sending  being sent now
-  done     delivered                             cancelled  will never be sent
+  held     stopped by an operator, by a review route, or by a UID conflict (Enter shows which; s releases)
+           CONFLICT: another object with the same SOP Instance UID but other content went there before:
+           check patient and study identifiers of both with the sender BEFORE releasing
+  skipped  an identical object already went (or is going) there: not sent twice (r sends it anyway)
+  sending  being sent now         done  delivered         cancelled  will never be sent
 
 KEYS
   /        filter (Tab between fields, Enter applies; age like 30m, 2h, 7d)    Esc  clear the filter
@@ -340,9 +354,15 @@ class QueueScreen(JobActionsScreen):
             error = short_error(row.last_error)
             if row.last_status is not None and "0x" not in error:
                 error = f"{self.backend.describe_status(row.last_status)} {error}"
+            if error:
+                more = f"\nlast error: {error}"
+            elif row.state in ("waiting", "skipped", "held"):  # no error to read: say what the state means
+                more = "\n" + advice(row.state, None, destination=row.destination, wait_for=row.wait_for)
+            else:
+                more = ""
             current.update(
                 f"job {row.id} {row.state}, {row.attempts} tries → {row.destination} · {row.modality or '?'} from "
-                f"{row.calling_ae or '?'} · {row.accession or '-'}" + (f"\nlast error: {error}" if error else "")
+                f"{row.calling_ae or '?'} · {row.accession or '-'}" + more
             )
 
     @on(DataTable.RowHighlighted, "#jobs")

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from appliance.tui.backend import JobQuery
 
-STATES = ("queued", "sending", "failed", "held", "done", "cancelled")
+STATES = ("queued", "waiting", "sending", "failed", "held", "skipped", "done", "cancelled")
+NOT_DONE = ("queued", "waiting", "failed", "held")  # what still needs to go somewhere (or someone)
 _UNITS = {"": 60, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -110,14 +112,19 @@ class Action:
 
 
 ACTIONS = {
-    "retry": Action("r", "Retry", "send again now, with a fresh attempt budget", "failed or waiting (queued)"),
-    "hold": Action("h", "Hold", "stop sending until released (nothing is deleted)", "queued or failed"),
+    "retry": Action(
+        "r",
+        "Retry",
+        "send again now, with a fresh attempt budget (a skipped duplicate is sent anyway)",
+        "failed, queued or skipped",
+    ),
+    "hold": Action("h", "Hold", "stop sending until released (nothing is deleted)", "queued, waiting or failed"),
     "release": Action("s", "Release", "let held jobs be sent again", "held"),
     "cancel": Action(
         "x",
         "Cancel",
         "NEVER send these jobs to their destination; the object is deleted once no other destination needs it",
-        "queued, held or failed",
+        "queued, waiting, held or failed",
         danger=True,
     ),
 }
@@ -176,10 +183,56 @@ _ADVICE = (
 )  # fmt: skip
 
 
-def advice(state: str, error: str | None) -> str:
-    """What the person at the console can do about this job, in one sentence."""
+# Events that say why a job is held or skipped (newest wins), from the job's history.
+CAUSE_EVENTS = ("operator_hold", "route_hold", "uid_conflict", "duplicate")
+_EARLIER = re.compile(r"already (?P<state>\w+) for \S+ by job (?P<job>\d+)")
+_CONFLICT_JOB = re.compile(r"job (?P<job>\d+) took another object")
+
+
+def cause(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The latest event that explains a held or skipped job: an operator's hold, a route's, a UID conflict, a
+    duplicate (None if the history has none)."""
+    return next((e for e in reversed(events) if e.get("event") in CAUSE_EVENTS), None)
+
+
+def advice(
+    state: str,
+    error: str | None,
+    *,
+    why: dict[str, Any] | None = None,
+    destination: str | None = None,
+    wait_for: str | None = None,
+) -> str:
+    """What the person at the console can do about this job, in a sentence or two. `why` is the event that
+    held or skipped it (`cause(events)`; None when the history was not read: the queue list)."""
+    where = destination or "its destination"
+    event, detail = (why or {}).get("event"), (why or {}).get("detail") or ""
+    if state == "skipped":
+        m = _EARLIER.search(detail)
+        earlier = f"by an earlier job (job {m['job']})" if m else "by an earlier job"
+        done = "sent to" if m is None or m["state"] == "done" else "queued for"
+        return f"identical object already {done} {where} {earlier}: not sent twice. r (retry) sends it anyway."
+    if state == "waiting":
+        what = wait_for or "study"
+        return (
+            f"nothing: it is sent with the rest of its {what} once the {what} is complete (no new image for a "
+            f"quiet while, or all the images the sender announced arrived). h holds it, x cancels it."
+        )
     if state == "held":
-        return "an operator is holding it: s releases it"
+        if event == "uid_conflict":
+            m = _CONFLICT_JOB.search(detail)
+            earlier = f" (job {m['job']})" if m else ""
+            return (
+                f"CONFLICT: a different object with the same SOP Instance UID already went to {where}{earlier}. "
+                "Check the patient and study identifiers of both versions with the sender before releasing (s); "
+                "if this one is wrong, cancel it (x)."
+            )
+        if event == "route_hold":
+            why_held = detail or "see the route in the config"
+            return f"held by its route for review: {why_held}. Check, then s releases it."
+        if event == "operator_hold":
+            return "an operator is holding it: s releases it"
+        return "held: its history (Enter) says who or what holds it and why; s releases it"
     if state in ("done", "cancelled"):
         return "nothing: it is finished"
     text = (error or "").lower()
