@@ -24,6 +24,7 @@ import random
 import socket
 import sqlite3
 import threading
+import weakref
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -553,6 +554,16 @@ def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random | N
     return exp / 2 + r * exp / 2
 
 
+class _ThreadConnection:
+    """One thread's connection. It lives in that thread's thread-local storage only, so when the thread
+    ends the connection is released and closed (sqlite3 connections cannot be weakly referenced)."""
+
+    __slots__ = ("conn", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+
 class Store:
     """One object per process; it keeps one SQLite connection per thread."""
 
@@ -561,32 +572,36 @@ class Store:
         self.durable = durable
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # Weak: a connection must close when its thread ends. The receiver serves each association on a
+        # new thread; holding every thread's connection here leaked two file descriptors per association
+        # (the receiver would hit the fd limit after ~500 associations).
+        self._all: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     # -- connections ----------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+        held = getattr(self._local, "held", None)
+        if held is None:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
+            held = _ThreadConnection(conn)
+            self._local.held = held
             with self._lock:
-                self._all.append(conn)
-        return conn
+                self._all.add(held)
+        return held.conn
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
+            for held in list(self._all):
                 try:
-                    conn.close()
+                    held.conn.close()
                 except sqlite3.Error:
                     pass
-            self._all.clear()
+            self._all = weakref.WeakSet()
         self._local = threading.local()
 
     @contextmanager

@@ -85,3 +85,33 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         assert "Address already in use" in res.stderr and "change router.port or stop the other service" in res.stderr
     finally:
         blocker.close()
+
+
+def test_many_associations_do_not_leak_file_descriptors(tmp_path: Path) -> None:
+    """Each inbound association runs on its own thread; its queue connection must close when it ends.
+    (It did not: two descriptors per association, so a busy site's receiver would hit the fd limit.)"""
+    import os
+
+    import psutil
+
+    one = make_ct_series(tmp_path / "in", 1, rows=16, cols=16)
+    scp = StoreSCP(tmp_path, "PACS").start()
+    router = Router(tmp_path, destinations={"PACS_MAIN": dest_node("PACS", scp.port)}).start()
+    try:
+        receiver = next(c for c in psutil.Process(router.proc.pid).children() if "receiver" in c.cmdline())  # type: ignore[union-attr]
+        assert storescu(router.port, one).returncode == 0  # warm-up: the first association opens what stays
+        before = len(os.listdir(f"/proc/{receiver.pid}/fd"))
+        for _ in range(30):
+            assert storescu(router.port, one).returncode == 0
+        after = wait_until(
+            lambda: (n := len(os.listdir(f"/proc/{receiver.pid}/fd"))) <= before + 4 and n or None,
+            20,
+            "the receiver's open files to settle",
+        )
+        print(f"receiver open files: {before} before, {after} after 30 more associations")
+        # The same object 31 times: delivered once, the re-sends skipped by the delivery ledger.
+        wait_until(lambda: router.counts().get("skipped", 0) == 30, 60, "30 re-sends skipped")
+        assert router.counts().get("done") == 1 and len(scp.files()) == 1
+    finally:
+        router.stop()
+        scp.stop()
