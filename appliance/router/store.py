@@ -24,8 +24,8 @@ import random
 import socket
 import sqlite3
 import threading
-import weakref
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field

@@ -141,6 +141,21 @@ def test_a_study_route_forwards_once_the_study_is_quiet(tmp_path: Path) -> None:
             history = [e["event"] for e in shown["events"]]
             # Each job waited for the study, was released by its completion, and only then sent.
             assert history.index("study_complete") < history.index("delivered"), history
+
+        # A late arrival for the completed study is sent on its own, as a delta, and flagged; the study's
+        # earlier objects are not sent again.
+        study = pydicom.dcmread(series[0], stop_before_pixels=True).StudyInstanceUID
+        late = make_ct_series(tmp_path / "late", 1, rows=64, cols=64, study_uid=study, seed=9)
+        _send(router, late)
+        router.wait_delivered(4, timeout=60)
+        assert _received_uids(scp) == sorted(sop_instance_uid(p) for p in [*series, *late])
+        (job,) = router.jobs("--sop", sop_instance_uid(late[0]))
+        events = [
+            e["event"] for e in json.loads(router.cli("queue", "show", str(job["id"]), "--json").stdout)["events"]
+        ]
+        assert "late_arrival" in events and "study_complete" not in events, events
+        assert all(j["attempts"] == 1 for j in router.jobs())
+        assert router.status()["studies"]["late_instances"] == 1
     finally:
         router.stop()
         scp.stop()
