@@ -4,26 +4,13 @@ storescp runs with unique file names (+uf), so an object delivered twice shows u
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
 import pydicom
-import pytest
 
-from appliance.router import forwarder, rules
 from tests.support.data import make_ct_series, sop_instance_uid
 from tests.support.peers import Router, StoreSCP, dest_node, storescu, wait_until
-
-# Parts of routing intelligence that the config/rules/forwarder side provides.
-_TARGET_FIELDS = getattr(rules.Target, "__dataclass_fields__", {})
-needs_hold_targets = pytest.mark.skipif(
-    "hold_reason" not in _TARGET_FIELDS, reason="rules.Target does not carry hold_reason yet"
-)
-needs_study_release = pytest.mark.skipif(
-    "wait_for" not in _TARGET_FIELDS or "complete_studies" not in inspect.getsource(forwarder),
-    reason="rules.Target.wait_for and the forwarder's complete_studies call are not in place yet",
-)
 
 
 def _start(
@@ -107,7 +94,6 @@ def test_a_different_object_reusing_a_sop_instance_uid_is_held(tmp_path: Path) -
         scp.stop()
 
 
-@needs_hold_targets
 def test_a_hold_route_holds_until_released(tmp_path: Path) -> None:
     series = make_ct_series(tmp_path / "series", 3, rows=64, cols=64)
     routes = [{"name": "review", "to": ["PACS_MAIN"], "action": "hold", "hold_reason": "research: review first"}]
@@ -127,7 +113,6 @@ def test_a_hold_route_holds_until_released(tmp_path: Path) -> None:
         scp.stop()
 
 
-@needs_study_release
 def test_a_study_route_forwards_once_the_study_is_quiet(tmp_path: Path) -> None:
     series = make_ct_series(tmp_path / "series", 3, rows=64, cols=64)
     routes = [{"name": "whole-study", "to": ["PACS_MAIN"], "forward": "study"}]

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import pytest
 
 from tests.support.data import (
     PYDICOM_CHARSET_FILES,
@@ -274,27 +273,34 @@ def _assert_text_decodes_cleanly(path: Path) -> None:
             assert "\ufffd" not in str(elem.value), f"{path.name} {elem.keyword}"
 
 
-@pytest.mark.parametrize("name", ["chrJapMulti.dcm", "chrKoreanMulti.dcm", "chrH32.dcm", "chrGreek.dcm"])
-def test_multibyte_descriptions_survive_clean_descriptors(tmp_path: Path, name: str) -> None:
-    src = PYDICOM_CHARSET_FILES / name
+MULTIBYTE = ["chrJapMulti.dcm", "chrKoreanMulti.dcm", "chrH32.dcm", "chrGreek.dcm"]
+
+
+def test_multibyte_descriptions_survive_clean_descriptors(tmp_path: Path) -> None:
+    sources = {n: PYDICOM_CHARSET_FILES / n for n in MULTIBYTE}  # four distinct SOP Instance UIDs
     tele = StoreSCP(tmp_path, "TELE").start()
     router = Router(tmp_path, destinations={"TELERAD": dest_node("TELE", tele.port, morph=["deid"])})
     router.config["morph_profiles"] = {"deid": {"steps": [{"deidentify": {"clean_descriptors": True}}]}}
     router.write_config()
     router.start()
     try:
-        _send(router, [src])
-        router.wait_delivered(1)
-        (out,) = tele.files()
-        got = pydicom.dcmread(out)
-        original = pydicom.dcmread(src)
-        assert got.get("SpecificCharacterSet") == original.get("SpecificCharacterSet")
-        assert got.PatientName != original.PatientName
-        _assert_text_decodes_cleanly(out)
-        # Descriptions kept by Clean Descriptors come out as the same characters they went in as.
-        for keyword in ("StudyDescription", "SeriesDescription"):
-            if keyword in original and keyword in got and got.get(keyword):
-                assert str(got.get(keyword)) == str(original.get(keyword)), keyword
+        _send(router, list(sources.values()))
+        router.wait_delivered(len(sources))
+        outputs = tele.files()
+        assert len(outputs) == len(sources)
+        # UIDs are replaced, so match each output to its source by its character set (one per file here).
+        by_charset = {str(pydicom.dcmread(p, stop_before_pixels=True).get("SpecificCharacterSet")): p for p in outputs}
+        assert len(by_charset) == len(sources)
+        for name, src in sources.items():
+            original = pydicom.dcmread(src)
+            out = by_charset[str(original.get("SpecificCharacterSet"))]
+            got = pydicom.dcmread(out)
+            assert got.PatientName != original.PatientName, name
+            _assert_text_decodes_cleanly(out)
+            # Descriptions kept by Clean Descriptors come out as the same characters they went in as.
+            for keyword in ("StudyDescription", "SeriesDescription"):
+                if keyword in original and keyword in got and got.get(keyword):
+                    assert str(got.get(keyword)) == str(original.get(keyword)), f"{name} {keyword}"
     finally:
         router.stop()
         tele.stop()

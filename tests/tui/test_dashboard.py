@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,11 @@ def test_pause_and_resume_ask_why_and_are_audited_under_the_operator(outage: Sta
             assert app.screen.title_text == "Resume sending to ARCHIVE?"  # type: ignore[attr-defined]
             await _answer_reason(pilot, "switch back")
             await settle(pilot)
+            # The table is redrawn by the refresh the action triggers; under load that can take a few ticks.
+            deadline = time.monotonic() + 10
+            while str(table.get_row_at(1)[6]) != "no" and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                await settle(pilot)
             assert str(table.get_row_at(1)[6]) == "no"
 
     asyncio.run(go())
