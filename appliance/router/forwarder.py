@@ -511,14 +511,6 @@ def _no_context_reason(peer: Peer, job: Job, accepted_syntaxes: set[str]) -> str
     )
 
 
-def _fields(result: object) -> dict[str, object]:
-    return (
-        {k: v for k, v in vars(result).items() if isinstance(v, (int, float, str))}
-        if hasattr(result, "__dict__")
-        else {}
-    )
-
-
 def _release(assoc: Association | None) -> Association | None:
     """Release an association if open; returns None so callers can write `assoc = _release(assoc)`."""
     if assoc is not None and assoc.is_established:
@@ -595,9 +587,13 @@ class Forwarder:
         jobs waiting for them (routes with `forward: study|series`) become due."""
         st = self.cfg.router.studies
         done = self.store.complete_studies(time.time(), st.quiet_seconds, st.keep_days)
-        released = getattr(done, "jobs_released", 0)
-        if released:
-            log(LOG, logging.INFO, f"{released} job(s) released: their study or series is complete", **_fields(done))
+        if done.jobs_released:
+            log(
+                LOG,
+                logging.INFO,
+                f"{done.jobs_released} job(s) released: {done.studies_completed} study(ies) and "
+                f"{done.series_completed} series complete",
+            )
             self._ring()
 
     def housekeeping(self) -> None:
