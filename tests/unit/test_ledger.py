@@ -4,8 +4,6 @@ Instance UID is a conflict (held or forwarded), hold routes create HELD jobs; an
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -26,14 +24,6 @@ SHA_A = "a" * 64
 SHA_B = "b" * 64
 EVRLE = "1.2.840.10008.1.2.1"
 IVRLE = "1.2.840.10008.1.2"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "queue.sqlite3")
-    s.init()
-    yield s
-    s.close()
 
 
 _keys = iter(range(1, 1_000_000))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,6 @@ from appliance.router.store import InstanceAdded, InstanceFacts, Job, JobFilter,
 T0 = 1_800_000_000.0
 QUIET = 120.0
 STUDY = "1.2.826.1"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "queue.sqlite3")
-    s.init()
-    yield s
-    s.close()
 
 
 _n = iter(range(1, 1_000_000))
