@@ -22,6 +22,14 @@ from pydicom.datadict import dictionary_VR, keyword_dict
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
+from .config_trust import (
+    AlertSettings,
+    AuditSettings,
+    CommitmentPolicy,
+    ListenerTls,
+    MetricsSettings,
+    NodeTls,
+)
 from .morph import MorphProfile
 
 DEFAULT_CONFIG_PATH = Path("/etc/dicom-router/router.yaml")
@@ -101,6 +109,10 @@ class Node(Strict):
     )
     morph: list[str] = Field(
         default_factory=list, description="morph profiles applied to everything sent to this node (after the route's)"
+    )
+    tls: NodeTls = NodeTls()
+    commitment: CommitmentPolicy = Field(
+        CommitmentPolicy(), description="storage commitment after sending (destinations only)"
     )
 
     @field_validator("ae_title")
@@ -415,6 +427,7 @@ class RouterSettings(Strict):
         85.0, gt=0, le=100, description="warn (status, log, audit) when the spool disk is fuller than this"
     )
     tls_dir: Path = Field(Path("tls"), description="CA, certificates and keys; relative = next to the config file")
+    tls: ListenerTls = ListenerTls()
     timeouts: Timeouts = Timeouts()
     retention: Retention = Retention()
     studies: StudySettings = StudySettings()
@@ -436,6 +449,9 @@ class RouterConfig(Strict):
     routes: list[Route] = Field(default_factory=list)
     morph_profiles: dict[str, MorphProfile] = Field(default_factory=dict)
     backup: BackupSettings = BackupSettings()
+    audit: AuditSettings = AuditSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    alerts: AlertSettings = AlertSettings()
     _source_sha256: str = PrivateAttr("")
 
     @property
@@ -484,6 +500,10 @@ class RouterConfig(Strict):
     @property
     def supervisor_pid_path(self) -> Path:
         return self.router.state_dir / "router.pid"
+
+    def tls_path(self, path: Path) -> Path:
+        """A certificate/key/CA path from the config: relative ones live below router.tls_dir."""
+        return path if path.is_absolute() else self.router.tls_dir / path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -629,7 +649,34 @@ def _semantic_problems(doc: Any) -> list[Problem]:
     router = doc.get("router") if isinstance(doc.get("router"), dict) else {}
     if router.get("state_dir") is not None and router.get("state_dir") == router.get("log_dir"):
         add(("router", "log_dir"), "log_dir must differ from state_dir")
+    _trust_problems(router, nodes, roles, add)
     return problems
+
+
+def _trust_problems(router: dict[str, Any], nodes: dict[str, Any], roles: dict[str, Any], add: Any) -> None:
+    """TLS listener and per-node TLS / storage commitment settings that contradict each other."""
+    tls = router.get("tls") if isinstance(router.get("tls"), dict) else {}
+    tls_port = tls.get("port")
+    plain_port = router.get("port", RouterSettings.model_fields["port"].default)
+    if tls_port is not None and tls_port == plain_port:
+        add(("router", "tls", "port"), f"the TLS port {tls_port} is also router.port: give TLS its own port (2762)")
+    if tls.get("plain") is False and tls_port is None:
+        add(("router", "tls", "plain"), "plain: false with no router.tls.port would leave the router not listening")
+    for name, node in nodes.items():
+        if not isinstance(node, dict):
+            continue
+        node_tls = node.get("tls") if isinstance(node.get("tls"), dict) else {}
+        if node_tls.get("enabled") and roles.get(name) in ("source", "both") and tls_port is None:
+            add(
+                ("nodes", name, "tls", "enabled"),
+                f"source {name} must use TLS, but the router has no TLS listener: set router.tls.port (e.g. 2762)",
+            )
+        commit = node.get("commitment") if isinstance(node.get("commitment"), dict) else {}
+        if commit.get("enabled") and roles.get(name) == "source":
+            add(
+                ("nodes", name, "commitment", "enabled"),
+                "storage commitment is asked of destinations: this node has role source",
+            )
 
 
 def _condition_tests(block: Any, loc: tuple[int | str, ...]) -> Iterator[tuple[tuple[int | str, ...], Any, Any]]:
