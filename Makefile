@@ -27,7 +27,7 @@ run: setup
 
 # The suite includes the appliance: lint, playbook syntax and the molecule scenarios (root: systemd-nspawn).
 test: setup deps appliance-prereqs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q tests/unit

@@ -386,8 +386,9 @@ def _restore_queue(plan: RestorePlan, result: RestoreResult) -> None:
     result.restored.append("queue")
 
 
-def execute(plan: RestorePlan, operator: str) -> RestoreResult:
-    """Put the bundle in place: history, TLS, queue, then the config through apply_config.
+def execute(plan: RestorePlan, operator: str, *, reason: str | None = None, ticket: str | None = None) -> RestoreResult:
+    """Put the bundle in place: history, TLS, queue, then the config through apply_config (`reason` and
+    `ticket` — the operator's why — go into its history entry and audit record).
     Raises BackupError (the result so far in `.result`) when a step fails."""
     result = RestoreResult()
     steps: list[tuple[str, Callable[[RestorePlan, RestoreResult], None]]] = [
@@ -412,8 +413,8 @@ def execute(plan: RestorePlan, operator: str) -> RestoreResult:
             plan.new_config,
             ChangeRequest(
                 author=operator,
-                ticket=None,
-                reason=f"restore from {plan.name}",
+                ticket=ticket,
+                reason=f"restore from {plan.name}" + (f": {reason}" if reason else ""),
                 source="restore",
                 force=True,
             ),

@@ -15,15 +15,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cli_alerts import add_alerts_commands
+from .cli_audit import add_audit_commands
 from .cli_backup import add_backup_commands
 from .cli_common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, load_or_exit, print_json
 from .cli_config import add_config_commands
 from .cli_rules import add_rules_commands
+from .cli_tls import add_tls_commands
 from .config import DEFAULT_CONFIG_PATH, ConfigError, RouterConfig, load_config
+from .conformance import add_conformance_command
 
 if TYPE_CHECKING:  # the CLI imports pynetdicom and SQLite code only for the commands that need them
     from .scu import Peer
-    from .store import JobFilter, Store
+    from .store import Job, JobFilter, Store
 
 
 def _load_for_state(args: argparse.Namespace) -> RouterConfig:
@@ -72,7 +76,7 @@ def _peer(cfg: RouterConfig | None, target: str) -> Peer:
     from .scu import Peer
 
     if cfg is not None and target in cfg.nodes:
-        return Peer.from_node(target, cfg.nodes[target])
+        return Peer.from_node(target, cfg.nodes[target], cfg)
     return Peer.parse(target)
 
 
@@ -169,7 +173,7 @@ def _fmt_time(t: float | None) -> str:
 
 
 def cmd_queue_ls(args: argparse.Namespace) -> int:
-    from .store import UNROUTED, JobState
+    from .store import AWAITING_COMMITMENT, UNROUTED, JobState
 
     cfg = _load_for_state(args)
     store = _store(cfg)
@@ -185,7 +189,7 @@ def cmd_queue_ls(args: argparse.Namespace) -> int:
                     f"study {r['study_uid']}  received {_fmt_time(r['received_at'])}"
                 )
         return EXIT_OK
-    valid = {s.value for s in JobState} | {UNROUTED}
+    valid = {s.value for s in JobState} | {UNROUTED, AWAITING_COMMITMENT}
     flt = _filter(args)
     bad = [s for s in flt.states if s not in valid]
     if bad:
@@ -202,12 +206,20 @@ def cmd_queue_ls(args: argparse.Namespace) -> int:
         f"{'RECEIVED':<19}  LAST ERROR / WHY"
     )
     for j in jobs:
-        err = (j.last_error or _why(store, j.id, j.state) or "")[:60]
+        err = (j.last_error or _why(store, j.id, j.state) or _awaiting_commitment(j) or "")[:60]
         print(
             f"  {j.id:>7} {j.state:<9} {j.destination:<14} {j.attempts:>5} {j.modality or '-':<4} "
             f"{(j.accession or '-'):<14} {_fmt_time(j.received_at):<19}  {err}"
         )
     return EXIT_OK
+
+
+def _awaiting_commitment(job: Job) -> str | None:
+    if not job.awaiting_commit:
+        return None
+    if job.commit_tx:
+        return f"awaiting storage commitment report (transaction {job.commit_tx})"
+    return "sent; storage commitment not yet requested"
 
 
 def _why(store: Store, job_id: int, state: str) -> str | None:
@@ -257,6 +269,8 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
             v = describe(v)
         print(f"  {k:<17} {v if v is not None else '-'}")
+    if job.awaiting_commit:
+        print(f"  {'commitment':<17} {_awaiting_commitment(job)}")
     for k in ("received_at", "created_at", "next_attempt_at", "updated_at", "done_at"):
         print(f"  {k:<17} {_fmt_time(d[k])}")
     print("  history:")
@@ -344,8 +358,8 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--destination", help="destination node name")
     p.add_argument(
         "--state",
-        help="job state(s), comma-separated: queued,sending,waiting,done,failed,held,skipped,cancelled "
-        "(or unrouted with queue ls)",
+        help="job state(s), comma-separated: queued,sending,waiting,done,committed,failed,held,skipped,cancelled, "
+        "awaiting-commitment (done, storage commitment report not yet in) (or unrouted with queue ls)",
     )
     p.add_argument("--study", help="Study Instance UID")
     p.add_argument("--sop", help="SOP Instance UID")
@@ -371,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_commands(sub, _add_config)
     add_backup_commands(sub, _add_config)
     add_rules_commands(sub, _add_config)
+    add_audit_commands(sub, _add_config)
+    add_alerts_commands(sub, _add_config)
+    add_conformance_command(sub)
+    add_tls_commands(sub, _add_config)
 
     p = sub.add_parser("echo", help="C-ECHO a configured node or AE@HOST:PORT")
     p.add_argument("target")

@@ -247,6 +247,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(f"warning: {config_path} has problems ({len(exc.problems)}); restoring over it", file=sys.stderr)
     mode = "config-only" if args.config_only else "full"
     operator = current_operator()
+    why = {"reason": args.reason, "ticket": args.ticket}  # into every audit entry of this restore
     name = args.bundle
     try:
         path = _locate(cfg, args.bundle, args.source)
@@ -254,23 +255,23 @@ def cmd_restore(args: argparse.Namespace) -> int:
         secret = resolve_secret(args, cfg, create=False)
         plan = prepare(config_path, path, secret, config_only=args.config_only)
     except (BackupError, SftpError, bc.BundleError) as exc:
-        audit_restore(cfg, "failure", operator, name, mode, error=str(exc))
+        audit_restore(cfg, "failure", operator, name, mode, error=str(exc), **why)
         return _error(f"{exc}\nnothing was changed")
     try:
         print(plan.render())
         print()
         answer = _confirm(args)
         if answer is None:
-            audit_restore(cfg, "refused", operator, name, mode, error="no terminal to confirm on and no --yes")
+            audit_restore(cfg, "refused", operator, name, mode, error="no terminal to confirm on and no --yes", **why)
             return _error(
                 "not restoring: there is no terminal to confirm on — read the plan above and run again with --yes"
             )
         if not answer:
-            audit_restore(cfg, "refused", operator, name, mode, error="not confirmed")
+            audit_restore(cfg, "refused", operator, name, mode, error="not confirmed", **why)
             print("not restored: nothing was changed")
             return EXIT_FAIL
         try:
-            result = execute(plan, operator)
+            result = execute(plan, operator, reason=args.reason, ticket=args.ticket)
         except RestoreFailed as exc:
             audit_restore(
                 cfg,
@@ -281,6 +282,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 error=str(exc),
                 restored=exc.result.restored,
                 moved_aside=exc.result.moved_aside,
+                **why,
             )
             return _error(str(exc))
     finally:
@@ -298,6 +300,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         skipped=result.skipped or None,
         config_outcome=result.config_outcome,
         config_version=result.config_version,
+        **why,
     )
     print(f"restored from {name}: {', '.join(result.restored)}")
     if result.unchanged:
@@ -378,6 +381,8 @@ def add_backup_commands(sub: Any, add_config: Callable[[argparse.ArgumentParser]
     _bundle_arg(b)
     b.add_argument("--config-only", action="store_true", help="restore only the config (through config apply)")
     b.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    b.add_argument("--reason", help="why (incident, migration…): kept in the audit trail and the config history")
+    b.add_argument("--ticket", help="incident / change ticket")
     _secret_args(b)
     add_config(b)
     b.set_defaults(func=cmd_restore)

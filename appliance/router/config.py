@@ -655,7 +655,7 @@ def _semantic_problems(doc: Any) -> list[Problem]:
 
 def _trust_problems(router: dict[str, Any], nodes: dict[str, Any], roles: dict[str, Any], add: Any) -> None:
     """TLS listener and per-node TLS / storage commitment settings that contradict each other."""
-    tls = router.get("tls") if isinstance(router.get("tls"), dict) else {}
+    tls: dict[str, Any] = router["tls"] if isinstance(router.get("tls"), dict) else {}
     tls_port = tls.get("port")
     plain_port = router.get("port", RouterSettings.model_fields["port"].default)
     if tls_port is not None and tls_port == plain_port:
@@ -665,13 +665,13 @@ def _trust_problems(router: dict[str, Any], nodes: dict[str, Any], roles: dict[s
     for name, node in nodes.items():
         if not isinstance(node, dict):
             continue
-        node_tls = node.get("tls") if isinstance(node.get("tls"), dict) else {}
+        node_tls: dict[str, Any] = node["tls"] if isinstance(node.get("tls"), dict) else {}
         if node_tls.get("enabled") and roles.get(name) in ("source", "both") and tls_port is None:
             add(
                 ("nodes", name, "tls", "enabled"),
                 f"source {name} must use TLS, but the router has no TLS listener: set router.tls.port (e.g. 2762)",
             )
-        commit = node.get("commitment") if isinstance(node.get("commitment"), dict) else {}
+        commit: dict[str, Any] = node["commitment"] if isinstance(node.get("commitment"), dict) else {}
         if commit.get("enabled") and roles.get(name) == "source":
             add(
                 ("nodes", name, "commitment", "enabled"),
@@ -819,6 +819,13 @@ def _anchor_relative_dirs(cfg: RouterConfig, base: Path) -> RouterConfig:
             backup["sftp"] = cfg.backup.sftp.model_copy(update=sftp)  # type: ignore[assignment]
     if backup:
         update["backup"] = cfg.backup.model_copy(update=backup)
+    alerts: dict[str, Any] = {}
+    if cfg.alerts.smtp is not None and (smtp := anchored(cfg.alerts.smtp, ("password_file", "ca"))):
+        alerts["smtp"] = cfg.alerts.smtp.model_copy(update=smtp)
+    if cfg.alerts.webhook is not None and (webhook := anchored(cfg.alerts.webhook, ("ca",))):
+        alerts["webhook"] = cfg.alerts.webhook.model_copy(update=webhook)
+    if alerts:
+        update["alerts"] = cfg.alerts.model_copy(update=alerts)
     if not update:
         return cfg
     return cfg.model_copy(update=update)

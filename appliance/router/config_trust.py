@@ -52,7 +52,7 @@ class CommitmentPolicy(_Strict):
 
     enabled: bool = False
     deadline_minutes: float = Field(
-        60.0, gt=0, description="no commitment report this long after the request → a warning in status"
+        60.0, gt=0, description="no commitment report this long after sending → a warning in status"
     )
     wait_seconds: float = Field(
         10.0, ge=0, description="wait this long for the report on the requesting association before releasing it"
@@ -92,7 +92,9 @@ class AlertThresholds(_Strict):
 
 class SyslogTarget(_Strict):
     enabled: bool = True
-    address: str = Field("/dev/log", description="unix socket path, or host:port for UDP syslog")
+    address: str = Field(
+        "/dev/log", description="unix socket path (/…), or host[:port] for RFC 5424 over UDP (port 514 by default)"
+    )
     facility: Literal["user", "daemon", "auth", "authpriv", "local0", "local1", "local2", "local3", "local4",
                       "local5", "local6", "local7"] = "local0"  # fmt: skip
 
@@ -101,6 +103,7 @@ class SmtpTarget(_Strict):
     host: str = Field(min_length=1)
     port: Port = 25
     security: Literal["none", "starttls", "tls"] = "starttls"
+    ca: Path | None = Field(None, description="CA bundle for a server certificate signed by a private CA")
     username: str | None = None
     password_file: Path | None = Field(None, description="file holding the SMTP password (mode 0600)")
     sender: str = Field(min_length=3, description="From: address")
@@ -120,8 +123,6 @@ class AlertSettings(_Strict):
     syslog: SyslogTarget = SyslogTarget()
     smtp: SmtpTarget | None = None
     webhook: WebhookTarget | None = None
-    repeat_minutes: float = Field(
-        240.0, gt=0, description="an alert still active is announced again after this long"
-    )
+    repeat_minutes: float = Field(240.0, gt=0, description="an alert still active is announced again after this long")
     max_per_hour: int = Field(30, ge=1, description="per channel; beyond it, alerts are counted and summarised")
     retry_minutes: float = Field(60.0, gt=0, description="keep retrying a failed delivery for this long")

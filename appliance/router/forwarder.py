@@ -20,11 +20,12 @@ from pathlib import Path
 
 from pynetdicom import AE, Association
 
-from . import outgoing, transcode
-from .audit import AuditLog
+from . import commitment, outgoing, transcode
+from .audit import AuditLog, patient_field
 from .config import ConfigError, Node, RouterConfig, load_config
 from .dicom_status import Outcome, classify_store_status, describe
 from .logsetup import log
+from .metrics import recorder
 from .scu import AssociationFailed, Peer, echo, make_ae, open_association, store_file
 from .spool import Spool
 from .store import Job, Store, backoff_delay, this_host
@@ -102,10 +103,14 @@ class DestinationPool:
         self.spool = spool
         self.audit = audit
         self.outgoing = out
-        self.peer = Peer.from_node(name, node)
+        self.peer = Peer.from_node(name, node, cfg)
         self.stop = threading.Event()
         self.abort_now = threading.Event()
         self.circuit = Circuit(name, node, store)
+        # Storage commitment after sending (commitment.py): None when this destination is not asked.
+        self.commitment = (
+            commitment.Requester(name, node, cfg, store, spool, audit, self.peer) if node.commitment.enabled else None
+        )
         self.threads: list[threading.Thread] = []
         self.work_arrived = threading.Event()  # set by the receiver's doorbell (see wakeup.py)
         self.recheck_seconds = IDLE_RECHECK_SECONDS
@@ -187,7 +192,13 @@ class DestinationPool:
                 self.work_arrived.clear()  # before looking, so a ring during the look is not lost
                 wait = self._seconds_until_due_work()
                 if wait > 0:
-                    if assoc is not None and time.monotonic() - last_used > IDLE_RELEASE_SECONDS:
+                    if self.commitment is not None:
+                        self.commitment.when_idle(ae, assoc, worker_id, self.work_arrived)
+                    if (
+                        assoc is not None
+                        and time.monotonic() - last_used > IDLE_RELEASE_SECONDS
+                        and not (self.commitment is not None and self.commitment.holds(assoc))
+                    ):
                         assoc = _release(assoc)
                     self.work_arrived.wait(min(wait, self.recheck_seconds))
                     continue
@@ -223,6 +234,8 @@ class DestinationPool:
                 if jobs:
                     assoc, accepted = self._send_batch(ae, assoc, accepted, jobs)
                     last_used = time.monotonic()
+                    if self.commitment is not None:
+                        self.commitment.after_batch(ae, assoc, worker_id)
             except Exception as exc:
                 # E.g. the queue database's disk is full. Keep the worker alive; claims it could not
                 # settle stay `sending` and are requeued when their lease runs out.
@@ -269,7 +282,12 @@ class DestinationPool:
         return max(0.0, due - time.time())
 
     def _open(self, ae: AE, contexts: list[tuple[str, str]]) -> tuple[Association, Negotiated]:
+        if self.commitment is not None:
+            contexts = [commitment.CONTEXT, *contexts]  # first: never cut by the 128-context limit
         assoc, accepted = open_association(ae, self.peer, contexts)
+        if self.commitment is not None:
+            self.commitment.prepare(assoc)
+        recorder().watch_outbound(assoc, self.name)
         proposed = set(list(dict.fromkeys(contexts))[:128])  # what open_association put to the peer
         return assoc, Negotiated(accepted, proposed - accepted)
 
@@ -399,9 +417,12 @@ class DestinationPool:
             f"stored by {self.peer.describe()} in {seconds * 1000:.0f} ms",
             time.time(),
             keep_spool=keep,
+            commit=self.commitment is not None,  # then the spool file stays until the commitment report
+            sent_uid=_morphed_uid(job, prepared),
         )
         if freed:
             self.spool.delete(freed)
+        recorder().forwarded(self.name, job.size_bytes)
         self.audit.record(
             "forward",
             destination=self.name,
@@ -413,6 +434,7 @@ class DestinationPool:
             attempts=job.attempts,
             sent_as=None if prepared is None else prepared.sop_instance_uid,
             transfer_syntax=None if prepared is None else prepared.transfer_syntax,
+            **patient_field(self.cfg, job.patient_id),
         )
 
     def _claimant(self) -> str | None:
@@ -430,6 +452,10 @@ class DestinationPool:
             r.max_attempts,
             self._claimant(),
         )
+        if state == "queued":
+            recorder().retried(self.name)
+        else:
+            recorder().failed(self.name)
         self.audit.record(
             "forward_attempt_failed" if state == "queued" else "forward_failed",
             "failure",
@@ -444,6 +470,7 @@ class DestinationPool:
 
     def _fail(self, job: Job, status: int | None, error: str) -> None:
         self.store.fail(job.id, status, error, time.time(), self._claimant())
+        recorder().failed(self.name)
         log(LOG, logging.ERROR, f"job {job.id} failed permanently: {error}", destination=self.name, job=job.id)
         self.audit.record(
             "forward_failed",
@@ -509,6 +536,13 @@ def _no_context_reason(peer: Peer, job: Job, accepted_syntaxes: set[str]) -> str
         f"destination {peer.describe()} does not accept {what} (it accepts {offered}); the router only "
         "decompresses (lossless) and never compresses — enable one of these syntaxes on the destination"
     )
+
+
+def _morphed_uid(job: Job, prepared: outgoing.Prepared | None) -> str | None:
+    """The SOP Instance UID the destination got, when morphing replaced the original (commitment lists it)."""
+    if prepared is None or prepared.sop_instance_uid in ("", job.sop_instance_uid):
+        return None
+    return prepared.sop_instance_uid
 
 
 def _release(assoc: Association | None) -> Association | None:
@@ -612,6 +646,7 @@ class Forwarder:
         n = self.store.recover_abandoned(time.time(), dead_claimants_prefix=f"{this_host()}:")
         if n:
             log(LOG, logging.WARNING, f"requeued {n} job(s) that were mid-send when the router last stopped")
+        commitment.recover_interrupted(self.store, time.time())
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())

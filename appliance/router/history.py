@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .audit import AuditLog
+from .audit import AuditLog, current_operator
 from .config import ConfigError, RouterConfig, config_sha256, load_state_locations, parse_config_for
 from .fsutil import atomic_write_bytes
 from .store import Store, this_host
@@ -353,10 +353,21 @@ def _record_refusal(config_path: Path, content: bytes, req: ChangeRequest, exc: 
                 ticket=req.ticket, rollback_of=req.rollback_of, host=this_host(), error=str(exc),
             ),
         )  # fmt: skip
-    AuditLog(cfg.audit_path, "cli").record(
-        "config.apply", "failure", version=meta.version, sha256=meta.sha256, author=req.author,
-        ticket=req.ticket, reason=req.reason, source=req.source, error=str(exc).splitlines()[0],
+    AuditLog(cfg.audit_path, _audit_process(req)).record(
+        "config.apply", "failure", version=meta.version, sha256=meta.sha256, operator=_operator(req),
+        author=req.author, ticket=req.ticket, reason=req.reason, source=req.source,
+        rollback_of=req.rollback_of, error=str(exc).splitlines()[0],
     )  # fmt: skip
+
+
+def _audit_process(req: ChangeRequest) -> str:
+    return "console" if req.source == "console" else "cli"
+
+
+def _operator(req: ChangeRequest) -> str:
+    """Who ran it: the console names its operator as the author; elsewhere the login that ran the command
+    (`author` may name someone else, e.g. the person an Ansible run applies a change for)."""
+    return req.author if req.source == "console" else current_operator()
 
 
 def _apply(
@@ -424,7 +435,8 @@ def _apply(
                 f"check mode: {what}; nothing was changed",
                 warnings=warnings,
             )
-        audit = AuditLog(new_cfg.audit_path, "cli")
+        audit = AuditLog(new_cfg.audit_path, _audit_process(req))
+        operator = _operator(req)
         if new_sha == live_sha:
             diff = ""  # the live file has this content but the history does not: record it, caller vouches
         if live is not None and not recorded and new_sha != live_sha:
@@ -446,7 +458,10 @@ def _apply(
                 ),
             )
             last = adopted
-            audit.record("config.adopt", "success", version=adopted.version, sha256=live_sha)
+            audit.record(
+                "config.adopt", "success", version=adopted.version, sha256=live_sha, operator=operator,
+                ticket=req.ticket, reason="found on disk, not applied through `config apply`",
+            )  # fmt: skip
         meta = history.record(
             content,
             Version(
@@ -469,6 +484,7 @@ def _apply(
             version=meta.version,
             sha256=new_sha,
             parent_sha256=live_sha,
+            operator=operator,
             author=req.author,
             ticket=req.ticket,
             reason=req.reason,

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .audit import AuditLog
+from .audit import AuditLog, patient_field
 from .config import Priority, RouterConfig
 from .spool import Spool
 from .store import ActionResult, JobFilter, Store
@@ -38,6 +38,12 @@ class Outcome:
 
 def _audit(cfg: RouterConfig, process: str) -> AuditLog:
     return AuditLog(cfg.audit_path, process)
+
+
+def _audit_filter(cfg: RouterConfig, flt: JobFilter) -> dict[str, Any]:
+    """The filter the operator gave, with a Patient ID only as `audit.patient_ids` allows."""
+    shown = {k: v for k, v in flt.__dict__.items() if v and k != "patient_id"}
+    return {**shown, **patient_field(cfg, flt.patient_id)}
 
 
 def _ring(cfg: RouterConfig) -> None:
@@ -98,7 +104,7 @@ def job_action(
         f"queue_{action}",
         operator=operator,
         reason=reason,
-        filter={k: v for k, v in flt.__dict__.items() if v},
+        filter=_audit_filter(cfg, flt),
         changed=res.changed,
         skipped=res.skipped,
         jobs=named,
@@ -137,7 +143,7 @@ def reroute(
         operator=operator,
         reason=reason,
         to=to,
-        filter={k: v for k, v in flt.__dict__.items() if v},
+        filter=_audit_filter(cfg, flt),
         changed=res.changed,
         skipped=res.skipped,
         new_jobs=_named_jobs(store, res.job_ids),
@@ -160,7 +166,15 @@ def route_unrouted(
     _check_destinations(cfg, to)
     n = store.route_unrouted(instance_ids, to, int(Priority[priority]), operator, reason, time.time())
     _ring(cfg)
-    _audit(cfg, process).record("queue_route", operator=operator, reason=reason, destinations=to, instances=n)
+    _audit(cfg, process).record(
+        "queue_route",
+        operator=operator,
+        reason=reason,
+        destinations=to,
+        priority=priority,
+        instances=n,
+        instance_ids=instance_ids[:AUDIT_MAX_JOBS] if instance_ids else "all unrouted",
+    )
     return Outcome("route", n, 0, operator, {"destinations": to})
 
 

@@ -22,13 +22,14 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from . import rules
-from .audit import AuditLog
+from . import commitment, rules, tls
+from .audit import AuditLog, patient_field
 from .config import ConfigError, RouterConfig, load_config
 from .dataset_facts import UnreadableDataset, read_facts
 from .dicom_status import Status
 from .logsetup import log
-from .scu import NODELAY_HANDLERS
+from .metrics import recorder
+from .scu import NODELAY_HANDLERS, new_ae
 from .spool import BelowReserve, Spool, SpoolTempFile, is_out_of_space
 from .store import InstanceAdded, InstanceFacts, NewJob, Store
 from .wakeup import Doorbell, socket_path
@@ -40,6 +41,7 @@ _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 _STATUS_NOT_AUTHORIZED = 0x0124  # Refused: Not Authorized (PS3.7 Annex C, general status)
 _REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 _REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, local limit exceeded: the sender will retry
+_REJECT_NO_REASON = (0x01, 0x01, 0x01)  # permanent: TLS policy (the log line and audit say why)
 
 
 def _reject(assoc: Any, result_source_reason: tuple[int, int, int]) -> None:
@@ -103,7 +105,8 @@ class Receiver:
         self.doorbell = Doorbell(socket_path(cfg.router.state_dir))
         self.draining = threading.Event()
         self.started_at = time.time()
-        self.server: Any = None
+        self.server: Any = None  # the plain listener (None with router.tls.plain: false)
+        self.tls_server: tls.TlsAssociationServer | None = None
 
     # -- association policy ---------------------------------------------------------------------
     def on_requested(self, event: evt.Event) -> None:
@@ -147,7 +150,11 @@ class Receiver:
             return
         if self._is_self_check(calling, assoc.requestor.address):
             return  # accepted for C-ECHO only: on_c_store refuses storage from it
-        if calling not in self.routing.sources_by_ae and not cfg.router.accept_unknown_callers:
+        if (
+            calling not in self.routing.sources_by_ae
+            and not cfg.router.accept_unknown_callers
+            and not commitment.may_report(cfg, calling)  # a destination reporting storage commitment (not storing)
+        ):
             log(
                 LOG,
                 logging.WARNING,
@@ -165,6 +172,17 @@ class Receiver:
                 reason="calling AE title not a configured source",
             )
             _reject(assoc, _REJECT_CALLING_AE)
+            return
+        source = self.routing.sources_by_ae.get(calling)
+        came_tls, peercert = tls.peer_certificate(assoc)
+        why = tls.policy_violation(source, cfg.nodes.get(source or ""), came_tls, peercert, cfg.router.tls.port)
+        if why is not None:
+            log(LOG, logging.WARNING, f"association rejected: {why}", calling_ae=calling, peer=peer, tls=came_tls)
+            self.audit.record(
+                "association_rejected", "failure", calling_ae=calling, called_ae=called, peer=peer, tls=came_tls,
+                reason=why,
+            )  # fmt: skip
+            _reject(assoc, _REJECT_NO_REASON)
 
     def _is_self_check(self, calling: str, address: str) -> bool:
         """An on-box health check (Ansible, monitoring): the router's own AE title from loopback, or
@@ -186,6 +204,7 @@ class Receiver:
             calling_ae=a.requestor.ae_title.strip(),
             peer=f"{a.requestor.address}:{a.requestor.port}",
         )
+        recorder().association_started(a)
 
     def on_aborted(self, event: evt.Event) -> None:
         a = event.assoc
@@ -197,6 +216,10 @@ class Receiver:
             peer=f"{a.requestor.address}:{a.requestor.port}",
         )
 
+    def on_closed(self, event: evt.Event) -> None:
+        calling = (event.assoc.requestor.ae_title or "").strip()
+        recorder().association_closed(event.assoc, "in", self.routing.sources_by_ae.get(calling) or calling)
+
     # -- storage --------------------------------------------------------------------------------
     def on_c_store(self, event: evt.Event) -> int:
         req = event.request
@@ -205,7 +228,8 @@ class Receiver:
         calling = event.assoc.requestor.ae_title.strip()
         called = self.cfg.router.ae_title
         sop_uid = str(req.AffectedSOPInstanceUID)
-        ctx = {"calling_ae": calling, "sop_instance_uid": sop_uid}
+        peer = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
+        ctx = {"calling_ae": calling, "peer": peer, "sop_instance_uid": sop_uid}
         if not isinstance(tmp, SpoolTempFile):
             # Only possible if pynetdicom changed how it streams datasets; refuse rather than guess.
             log(
@@ -295,10 +319,12 @@ class Receiver:
             late=True if added.late else None,
             bytes=instance.size_bytes,
             **ctx,
+            **patient_field(cfg, instance.patient_id),
         )
         if not jobs:
             log(LOG, logging.WARNING, "received an object that matches no route: kept as unrouted", **ctx)
         self._report_ledger(instance, added, ctx)
+        recorder().received(source_node or calling, instance.size_bytes)
         return Status.SUCCESS
 
     def _report_ledger(self, instance: InstanceFacts, added: InstanceAdded, ctx: dict[str, Any]) -> None:
@@ -308,7 +334,7 @@ class Receiver:
             log(
                 LOG,
                 logging.INFO,
-                f"identical object already {'sent' if d.earlier_state == 'done' else 'on its way'} to "
+                f"identical object already {'sent' if d.earlier_state in ('done', 'committed') else 'on its way'} to "
                 f"{d.destination} by job {d.earlier_job_id} ({d.earlier_state}): not sent again; "
                 f"`dicom-router queue retry {d.job_id}` sends it anyway",
                 destination=d.destination,
@@ -394,11 +420,12 @@ class Receiver:
 
     def build_ae(self) -> AE:
         r = self.cfg.router
-        ae = AE(ae_title=r.ae_title)
+        ae = new_ae(r.ae_title)
         for cx in AllStoragePresentationContexts:
             assert cx.abstract_syntax is not None
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
+        commitment.add_supported_context(ae)  # storage commitment reports on a new association
         ae.maximum_pdu_size = r.max_pdu
         ae.maximum_associations = r.max_associations
         ae.acse_timeout = r.timeouts.acse
@@ -423,25 +450,68 @@ class Receiver:
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_ABORTED, self.on_aborted),
+            (evt.EVT_CONN_CLOSE, self.on_closed),
             (evt.EVT_C_STORE, self.on_c_store),
+            (evt.EVT_N_EVENT_REPORT, commitment.receiver_handler(self)),
             *NODELAY_HANDLERS,
         ]
+        server_tls = None
+        if r.tls.port is not None:
+            # Bad TLS material stops the receiver (exit 3, the supervisor stops the router): never plain instead.
+            try:
+                server_tls = tls.server_context(self.cfg)
+            except tls.TlsMaterialError as exc:
+                log(LOG, logging.CRITICAL, f"TLS listener on port {r.tls.port} not started: {exc}", tls_port=r.tls.port)
+                return 3
+        ae = self.build_ae()
+        port = r.port
         try:
-            self.server = self.build_ae().start_server((r.bind, r.port), block=False, evt_handlers=handlers)
+            if r.tls.plain:
+                self.server = ae.start_server((r.bind, r.port), block=False, evt_handlers=handlers)
+            if server_tls is not None and r.tls.port is not None:
+                port = r.tls.port
+                self.tls_server = tls.start_tls_server(
+                    ae, (r.bind, r.tls.port), server_tls.context, handlers, self._tls_handshake_failed
+                )
         except OSError as exc:
+            setting = "router.tls.port" if port != r.port else "router.port"
             log(
                 LOG,
                 logging.CRITICAL,
-                f"cannot listen on {r.bind}:{r.port}: {exc.strerror} — is another "
-                "router or DICOM service using the port? (change router.port or stop the other service)",
+                f"cannot listen on {r.bind}:{port}: {exc.strerror} — is another "
+                f"router or DICOM service using the port? (change {setting} or stop the other service)",
             )
             return 3
-        log(LOG, logging.INFO, f"listening for DICOM on {r.bind}:{r.port} as {r.ae_title}")
+        if self.server is not None:
+            log(LOG, logging.INFO, f"listening for DICOM on {r.bind}:{r.port} as {r.ae_title}")
+        if server_tls is not None:
+            ident = server_tls.identity
+            log(
+                LOG,
+                logging.INFO,
+                f"listening for DICOM over TLS on {r.bind}:{r.tls.port} as {r.ae_title} with certificate "
+                f"{ident.cert.subject.rfc4514_string()} (expires {ident.cert.not_valid_after_utc:%Y-%m-%d})",
+                fingerprint_sha256=tls.fingerprint(ident.cert),
+            )
+
+        def reload_with_tls() -> None:
+            self.reload()
+            if self.tls_server is None:
+                return
+            # A rotated certificate (`dicom-router tls rotate`) takes effect for the next caller; bad new
+            # material leaves the running certificate in place.
+            try:
+                fresh = tls.server_context(self.cfg)
+            except tls.TlsMaterialError as exc:
+                log(LOG, logging.ERROR, f"TLS material not reloaded, the running certificate stays: {exc}")
+                return
+            self.tls_server.ssl_context = fresh.context
+            log(LOG, logging.INFO, "TLS material reloaded", fingerprint_sha256=tls.fingerprint(fresh.identity.cert))
 
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reload())
+        signal.signal(signal.SIGHUP, lambda *_: reload_with_tls())
         self._heartbeat()
         while not stop.wait(5.0):
             self._heartbeat()
@@ -460,14 +530,29 @@ class Receiver:
         except sqlite3.Error as exc:
             log(LOG, logging.WARNING, f"heartbeat not recorded: {exc}")
 
+    def _tls_handshake_failed(self, address: tuple[str, int], why: str) -> None:
+        peer = f"{address[0]}:{address[1]}"
+        port = self.cfg.router.tls.port
+        log(LOG, logging.WARNING, f"TLS handshake from {peer} on port {port} failed: {why}", peer=peer)
+        self.audit.record("association_rejected", "failure", peer=peer, tls=True, reason=f"TLS handshake: {why}")
+
     def _drain(self) -> None:
         """Refuse new associations, let in-flight ones finish (up to drain_seconds), then stop."""
         self.draining.set()
+        servers = [s for s in (self.server, self.tls_server) if s is not None]
+
+        def in_flight() -> list[Any]:
+            # Established associations only: pynetdicom keeps a connection that never sent an A-ASSOCIATE-RQ
+            # (a port probe, a TLS check) waiting for acse_timeout, and it has nothing to finish.
+            return [a for s in servers for a in s.active_associations if a.is_established]
+
         deadline = time.monotonic() + self.cfg.router.drain_seconds
-        while self.server.active_associations and time.monotonic() < deadline:
+        while in_flight() and time.monotonic() < deadline:
             time.sleep(0.1)
-        left = len(self.server.active_associations)
+        left = in_flight()
         if left:
-            log(LOG, logging.WARNING, f"drain deadline reached: aborting {left} association(s) still open")
-        self.server.shutdown()
+            who = ", ".join(sorted({f"{(a.requestor.ae_title or '?').strip()}@{a.requestor.address}" for a in left}))
+            log(LOG, logging.WARNING, f"drain deadline reached: aborting {len(left)} association(s) still open ({who})")
+        for s in servers:
+            s.shutdown()
         log(LOG, logging.INFO, "receiver stopped")

@@ -294,7 +294,7 @@ class CertWatch:
         self.audit = audit
         self.notified: dict[str, str] = dict(notified or {})  # fingerprint or path → local date last told
 
-    def check(self, tls_dir: Path, now: float) -> JobOutput:
+    def check(self, tls_dir: Path, now: float, warn_days: int = CERT_WARN_DAYS) -> JobOutput:
         if not tls_dir.is_dir():
             return JobOutput(f"no certificates ({tls_dir} does not exist)")
         certs, unreadable = scan_certificates(tls_dir)
@@ -302,7 +302,7 @@ class CertWatch:
         for text in unreadable:
             self._tell_once(text.split(": ", 1)[0], now, logging.WARNING, text, {})
         for cert in certs:
-            alert = cert_alert(cert, now)
+            alert = cert_alert(cert, now, warn_days)
             if alert is None:
                 continue
             alerts.append(alert)
@@ -342,3 +342,25 @@ def run_backup(cfg: RouterConfig, config_path: Path) -> JobOutput:
     from .backup import run_scheduled
 
     return JobOutput(str(run_scheduled(cfg, config_path)))
+
+
+# -- audit trail -----------------------------------------------------------------------------------
+def verify_audit_trail(audit_path: Path) -> JobOutput:
+    """The hash chain from the newest rotated file on (so the link across the last rotation is checked too):
+    writers notice a broken tail, this notices a break inside the file. Older files: `audit verify`."""
+    from .audit_verify import rotated_files, verify
+
+    rotated = rotated_files(audit_path)
+    report = verify(audit_path, start=rotated[-1].name if rotated else None)
+    checked = f"{report.entries} entr{'y' if report.entries == 1 else 'ies'} in {len(report.files)} file(s)"
+    first = report.first_break
+    if report.unacknowledged and first is not None:
+        message = (
+            f"audit trail broken: {first.describe()} — run `dicom-router audit verify` for every break; "
+            "see docs/audit.md (what a break means, then `dicom-router audit acknowledge --reason …`)"
+        )
+        return JobOutput(f"chain BROKEN ({checked} checked)", [Alert("audit-verify", "error", message)])
+    if report.unacknowledged:
+        # Breaks a writer recorded (audit_chain_broken) and nobody has acknowledged yet; status lists them.
+        return JobOutput(f"{report.unacknowledged} recorded break(s) not acknowledged yet ({checked} checked)")
+    return JobOutput(f"chain intact ({checked} checked)")

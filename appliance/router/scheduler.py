@@ -7,6 +7,11 @@
     disk-watermark   every 30 s: warn above router.disk_warn_percent, error below router.min_free_mb
     circuit-probe    every 30 s: report open circuits (the forwarder's pools send the C-ECHO probes)
     expiry-check     at start and hourly: X.509 certificates under router.tls_dir
+    commitment-deadline  every 30 s (with storage commitment): reports overdue past deadline_minutes → warning
+    alerts           every 30 s: alert thresholds and the other jobs' warnings → syslog/SMTP/webhook (alerts.py)
+    metrics-endpoint at start and every 30 s: the Prometheus endpoint listens (retried after a port clash)
+    audit-verify     at start and daily at 03:15: the audit trail's hash chain, from the newest rotated file on
+                     (a break mid-file that no writer met: an edit by hand, a restored old copy) → an error
 
 After every run the outcome goes to `scheduler.json` in the state directory, which `status` reads. A job
 that raises is logged at ERROR, audited, and shown until it next succeeds; it never stops this process.
@@ -35,7 +40,9 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from tzlocal import get_localzone
 
+from . import commitment_deadline
 from . import scheduled_jobs as jobs
+from .alert_job import AlertJob
 from .audit import AuditLog
 from .config import ConfigError, RouterConfig, load_config
 from .fsutil import atomic_write_bytes
@@ -50,7 +57,8 @@ BACKUP_GRACE_SECONDS = 3600  # a nightly backup this late still runs (restart, s
 DEFAULT_GRACE_SECONDS = 60
 RESULT_MAX_CHARS = 300
 STATE_VERSION = 1
-RERUN_ON_RELOAD = ("disk-watermark", "expiry-check")  # their settings may have changed: refresh status now
+# Their settings may have changed: refresh status now (alerts: a reload also lets tests evaluate at once).
+RERUN_ON_RELOAD = ("disk-watermark", "expiry-check", "alerts", "metrics-endpoint")
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,22 @@ def job_specs(cfg: RouterConfig) -> list[JobSpec]:
         JobSpec("disk-watermark", "every 30 s", IntervalTrigger(seconds=30)),
         JobSpec("circuit-probe", "every 30 s (the forwarder sends the C-ECHOs)", IntervalTrigger(seconds=30)),
         JobSpec("expiry-check", "at start and hourly", IntervalTrigger(hours=1)),
+        *(  # storage commitment reports not in by a destination's deadline → a warning (commitment_deadline.py)
+            [JobSpec("commitment-deadline", "every 30 s", IntervalTrigger(seconds=30))]
+            if any(n.commitment.enabled for n in cfg.destinations().values())
+            else []
+        ),
+        JobSpec("alerts", "every 30 s", IntervalTrigger(seconds=30)),
+        JobSpec(
+            "audit-verify",
+            "at start and daily at 03:15 (local time)",
+            CronTrigger(hour=3, minute=15, timezone=get_localzone()),
+        ),
+        *(
+            [JobSpec("metrics-endpoint", "at start and every 30 s", IntervalTrigger(seconds=30))]
+            if cfg.metrics.enabled
+            else []
+        ),
     ]
 
 
@@ -222,6 +246,8 @@ class SchedulerProcess:
         self.book = JobBook(cfg.scheduler_state_path)
         self.disk = jobs.DiskWatch(self.audit)
         self.certs = jobs.CertWatch(self.audit, self.book.cert_notified)
+        self.alert_job = AlertJob(cfg, self.store)
+        self.metrics_endpoint: Any = None  # metrics_export.MetricsEndpoint, made on the first run of its job
         self.sched = BackgroundScheduler(timezone=get_localzone(), job_defaults={"coalesce": True, "max_instances": 1})
         self.started_at = time.time()
         self.stop = threading.Event()
@@ -243,10 +269,36 @@ class SchedulerProcess:
             ),
             "circuit-probe": lambda: jobs.describe_open_circuits(self.cfg, self.store, time.time()),
             "expiry-check": self._expiry_check,
+            "commitment-deadline": lambda: commitment_deadline.check_deadlines(
+                self.cfg, self.store, self.audit, time.time()
+            ),
+            "alerts": self._alerts,
+            "audit-verify": lambda: jobs.verify_audit_trail(self.cfg.audit_path),
+            "metrics-endpoint": self._serve_metrics,
         }
 
+    def _alerts(self) -> jobs.JobOutput:
+        with self.book.lock:
+            job_alerts = {name: list(found) for name, found in self.book.alerts.items()}
+            failed = {
+                name: rec.last_error or "no error recorded"
+                for name, rec in self.book.records.items()
+                if rec.last_outcome == "failed" and name != "alerts"
+            }
+        return self.alert_job.run(self.cfg, job_alerts, failed, time.time())
+
+    def _serve_metrics(self) -> jobs.JobOutput:
+        if self.metrics_endpoint is None:
+            from .metrics_export import MetricsEndpoint, build_registry
+
+            self.metrics_endpoint = MetricsEndpoint(build_registry(lambda: self.cfg, self.store))
+        m = self.cfg.metrics
+        serving, text = self.metrics_endpoint.ensure(m.bind, m.port)
+        return jobs.JobOutput(text, [] if serving else [jobs.Alert("metrics-endpoint", "error", text)])
+
     def _expiry_check(self) -> jobs.JobOutput:
-        out = self.certs.check(self.cfg.router.tls_dir, time.time())
+        warn_days = self.cfg.alerts.thresholds.cert_expiry_days or jobs.CERT_WARN_DAYS
+        out = self.certs.check(self.cfg.router.tls_dir, time.time(), warn_days)
         with self.book.lock:
             self.certs.forget_older_than(datetime.now().strftime("%Y-%m-%d"))
             self.book.cert_notified = dict(self.certs.notified)  # a copy: `save` may serialise it meanwhile
@@ -355,7 +407,8 @@ class SchedulerProcess:
         self.schedule(job_specs(new))
         now = datetime.now(get_localzone())
         for name in RERUN_ON_RELOAD:
-            self.sched.modify_job(name, next_run_time=now)
+            if self.sched.get_job(name) is not None:
+                self.sched.modify_job(name, next_run_time=now)
         log(LOG, logging.INFO, "config reloaded, jobs rescheduled", jobs=self.order)
         self._heartbeat()  # `config apply` waits for this to confirm the new version runs
         self.save()
@@ -397,6 +450,8 @@ class SchedulerProcess:
 
     def _shutdown(self) -> int:
         self.sched.shutdown(wait=False)
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
         deadline = time.monotonic() + self.cfg.router.drain_seconds
         while self.running and time.monotonic() < deadline:
             time.sleep(0.1)

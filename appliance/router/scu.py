@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pynetdicom import AE, Association, _config, evt
 from pynetdicom.dul import DULServiceProvider
@@ -20,7 +21,11 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from . import tls
 from .config import Node, Timeouts
+
+if TYPE_CHECKING:
+    from .config import RouterConfig
 
 # Send spooled files straight from disk in PDU-sized chunks: memory stays flat for a 1 GB object, and
 # the bytes leave exactly as they arrived (no decode, no re-encode).
@@ -66,10 +71,15 @@ class Peer:
     port: int
     timeouts: Timeouts = Timeouts()
     max_pdu: int = 0
+    # The node has tls.enabled: never connect to it in plain. `tls_target` says how (None: the caller did
+    # not give the router's config, so the TLS material is unknown — open_association refuses).
+    tls_required: bool = False
+    tls_target: tls.TlsTarget | None = None
 
     @classmethod
-    def from_node(cls, name: str, node: Node) -> Peer:
-        return cls(name, node.ae_title, node.host, node.port, node.timeouts, node.max_pdu)
+    def from_node(cls, name: str, node: Node, cfg: RouterConfig | None = None) -> Peer:
+        target = tls.target_for(cfg, name, node) if node.tls.enabled and cfg is not None else None
+        return cls(name, node.ae_title, node.host, node.port, node.timeouts, node.max_pdu, node.tls.enabled, target)
 
     @classmethod
     def parse(cls, text: str) -> Peer:
@@ -82,7 +92,7 @@ class Peer:
             raise ValueError(f"'{text}' is neither a configured node nor AE@HOST:PORT") from None
 
     def describe(self) -> str:
-        return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
+        return f"{self.name} ({self.ae_title}@{self.host}:{self.port}{', TLS' if self.tls_required else ''})"
 
 
 class AssociationFailed(Exception):
@@ -108,9 +118,23 @@ def _nodelay(event: evt.Event) -> None:
 
 NODELAY_HANDLERS: list[Any] = [(evt.EVT_CONN_OPEN, _nodelay)]
 
+# What the router announces in every A-ASSOCIATE (and its conformance statement lists): its own identity, not
+# pynetdicom's, so a peer's logs and a support case name this product. A 2.25 (UUID-derived) UID needs no
+# registered root (PS3.5 B.2); the version name changes with each release that changes behaviour on the wire.
+IMPLEMENTATION_CLASS_UID = "2.25.208743637450684428680277307961684391906"
+IMPLEMENTATION_VERSION_NAME = "DICOM_ROUTER_010"  # ≤ 16 characters
+
+
+def new_ae(own_ae_title: str) -> AE:
+    """An AE that identifies as this router (used for every association, in and out)."""
+    ae = AE(ae_title=own_ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return ae
+
 
 def make_ae(own_ae_title: str, timeouts: Timeouts) -> AE:
-    ae = AE(ae_title=own_ae_title)
+    ae = new_ae(own_ae_title)
     ae.connection_timeout = timeouts.connect
     ae.acse_timeout = timeouts.acse
     ae.dimse_timeout = timeouts.dimse
@@ -140,6 +164,39 @@ def _diagnose_connect(peer: Peer) -> str:
             return f"host {peer.host} is unreachable: {exc.strerror} — check routing/VLAN"
         return f"cannot connect to {peer.host}:{peer.port}: {exc.strerror}"
     return "the TCP connection opened but the association was aborted or timed out during negotiation"
+
+
+def _tls_args(peer: Peer) -> tuple[ssl.SSLContext, str] | None:
+    """(context, expected name) for a TLS destination; AssociationFailed rather than plain when the
+    material does not load."""
+    if not peer.tls_required:
+        return None
+    if peer.tls_target is None:
+        raise AssociationFailed(
+            f"destination {peer.describe()} requires TLS, but this caller has no TLS settings for it "
+            "(internal: Peer.from_node was called without the router config) — not connecting in plain"
+        )
+    try:
+        return tls.client_context(peer.tls_target), peer.tls_target.server_hostname
+    except tls.TlsMaterialError as exc:
+        raise AssociationFailed(f"destination {peer.describe()}: TLS not attempted: {exc}") from None
+
+
+def _diagnose_tls(peer: Peer, tls_args: tuple[ssl.SSLContext, str]) -> str:
+    """pynetdicom logs a failed handshake as a traceback and reports only 'not established': try the
+    handshake once more on our own to say why."""
+    context, hostname = tls_args
+    try:
+        with (
+            socket.create_connection((peer.host, peer.port), timeout=peer.timeouts.connect) as raw,
+            context.wrap_socket(raw, server_hostname=hostname),
+        ):
+            pass
+    except (ssl.SSLError, TimeoutError, ConnectionResetError) as exc:
+        return f"TLS handshake failed: {tls.explain_handshake_error(exc)} (expected name '{hostname}')"
+    except OSError:
+        return _diagnose_connect(peer)
+    return "the TLS handshake succeeded but the association was aborted or timed out during negotiation"
 
 
 def _requests_only(assoc: Association) -> None:
@@ -177,8 +234,14 @@ def open_association(
         for sop_class, ts in list(dict.fromkeys(contexts))[:128]:  # 128 = the protocol's limit
             requested.append(build_context(sop_class, [ts]))
     ae.requested_contexts = requested
+    tls_args = _tls_args(peer)
     assoc = ae.associate(
-        peer.host, peer.port, ae_title=peer.ae_title, max_pdu=peer.max_pdu, evt_handlers=NODELAY_HANDLERS
+        peer.host,
+        peer.port,
+        ae_title=peer.ae_title,
+        max_pdu=peer.max_pdu,
+        evt_handlers=NODELAY_HANDLERS,
+        tls_args=tls_args,
     )
     if assoc.is_established:
         _requests_only(assoc)
@@ -198,7 +261,8 @@ def open_association(
             f"destination {peer.describe()} accepted the association but none of the proposed presentation contexts",
             no_contexts=True,
         )
-    raise AssociationFailed(f"destination {peer.describe()}: {_diagnose_connect(peer)}")
+    why = _diagnose_tls(peer, tls_args) if tls_args else _diagnose_connect(peer)
+    raise AssociationFailed(f"destination {peer.describe()}: {why}")
 
 
 @dataclass(frozen=True)

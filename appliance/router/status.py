@@ -8,7 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .alerts import alert_report, render_alert_lines
+from .audit import chain_problems
 from .clock import clock_state
+from .commitment_deadline import JOB_NAME as COMMITMENT_JOB
+from .commitment_deadline import overdue_problems
 from .config import RouterConfig
 from .scheduled_jobs import DiskUsage, disk_alert
 from .spool import Spool
@@ -80,6 +84,7 @@ def collect(
             "config_sha": p.get("config_sha"),
         }
     stats = store.destination_stats(now)
+    committing = store.commitment_overview(now)  # jobs awaiting a storage commitment report, per destination
     destinations: list[dict[str, Any]] = []
     names = list(cfg.destinations()) + sorted(set(stats) - set(cfg.destinations()))
     for name in names:
@@ -105,6 +110,7 @@ def collect(
                 "paused_by": s.paused_by if s else None,
                 "paused_reason": s.paused_reason if s else None,
                 "paused_at": s.paused_at if s else None,
+                "commitment": _commitment_report(node, committing.get(name), counts, now),
             }
         )
     spool = Spool(cfg.spool_dir)
@@ -135,18 +141,26 @@ def collect(
             f"{studies['conflicts_held']} job(s) held: a different object arrived under an already-seen SOP Instance "
             "UID — compare patient and study of both versions before releasing (`queue ls --state held`)"
         )
+    problems += overdue_problems(cfg, store, now)  # live: the scheduler's copy may be 30 s old
     problems += _disk_problems(cfg, usage)
     scheduler = scheduler_report(cfg, processes.get("scheduler"), now)
     problems += scheduler_problems(scheduler)
     config = config_report(config_path, cfg) if config_path is not None else None
     if config is not None:
         problems += config["problems"]
+    problems += chain_problems(cfg.audit_path)  # a tampered or damaged audit trail, until acknowledged
     clock = clock_state()
     if clock.available and clock.synced is False:
         problems.append(f"clock {clock.message}")
+    from .tls import listener_status  # (pulls in pynetdicom: only when status runs)
+
+    tls_listener = listener_status(cfg, now)  # the router's own certificate: days left, or why TLS cannot start
+    if tls_listener is not None and not tls_listener["ok"]:
+        problems.append(f"TLS listener: {tls_listener['problem']}")
     return {
         "time": now,
         "router": {"ae_title": cfg.router.ae_title, "bind": cfg.router.bind, "port": cfg.router.port},
+        "tls": tls_listener,
         "test_nodes": sorted(name for name, node in cfg.nodes.items() if node.environment == "test"),
         "processes": processes,
         "destinations": destinations,
@@ -164,7 +178,24 @@ def collect(
         "scheduler": scheduler,
         "config": config,
         "clock": clock.as_dict(),
+        "alerts": alert_report(cfg, now),
         "problems": problems,
+    }
+
+
+def _commitment_report(node: Any, summary: Any, counts: dict[str, int], now: float) -> dict[str, Any] | None:
+    """Storage commitment of one destination: None if it is not asked and nothing awaits a report."""
+    if not (node is not None and node.commitment.enabled) and summary is None:
+        return None
+    oldest = summary.oldest_at if summary is not None else None
+    return {
+        "enabled": bool(node is not None and node.commitment.enabled),
+        "committed": counts.get("committed", 0),
+        "awaiting": summary.awaiting if summary is not None else 0,
+        "requested": summary.requested if summary is not None else 0,
+        "not_yet_requested": summary.unasked if summary is not None else 0,
+        "oldest_age_seconds": None if oldest is None else round(now - oldest, 1),
+        "deadline_minutes": node.commitment.deadline_minutes if node is not None else None,
     }
 
 
@@ -226,8 +257,8 @@ def scheduler_problems(report: dict[str, Any]) -> list[str]:
                 f"scheduled job {job['name']} failed{times} (last {short_age(job['last_run_age_seconds'])} ago): "
                 f"{job.get('last_error')}"
             )
-    # The disk is checked live above; the scheduler's copy of that warning would only repeat it.
-    problems += [w["message"] for w in report["warnings"] if w.get("source") != "disk-watermark"]
+    # The disk and commitment deadlines are checked live above; the scheduler's copies would only repeat them.
+    problems += [w["message"] for w in report["warnings"] if w.get("source") not in ("disk-watermark", COMMITMENT_JOB)]
     return problems
 
 
@@ -244,6 +275,11 @@ def render(report: dict[str, Any]) -> str:
         return f"{name}: {state} (pid {p['pid']}, heartbeat {short_age(p['heartbeat_age_seconds'])} ago)"
 
     lines.append(f"Router {r['ae_title']} on {r['bind']}:{r['port']}")
+    t = report.get("tls")
+    if t:
+        plain = "" if t["plain"] else " (TLS only: plain port closed)"
+        cert = f"certificate {t['subject']}, {int(t['days_left'])} days left" if t["ok"] else "CERTIFICATE PROBLEM"
+        lines.append(f"  TLS on port {t['port']}{plain}: {cert}")
     clock = report.get("clock")
     if clock:
         lines.append(f"  clock: {clock['message']}")
@@ -274,6 +310,12 @@ def render(report: dict[str, Any]) -> str:
         )
         if d["last_error"] and (d["backlog"] or d["circuit"] != "closed"):
             lines.append(f"      last error: {d['last_error']}")
+        cm = d.get("commitment")
+        if cm:
+            lines.append(
+                f"      storage commitment: {cm['committed']} committed, {cm['awaiting']} awaiting a report"
+                + (f" (oldest {short_age(cm['oldest_age_seconds'])})" if cm["oldest_age_seconds"] is not None else "")
+            )
     inst = report["instances"]
     lines.append("")
     lines.append(
@@ -292,6 +334,7 @@ def render(report: dict[str, Any]) -> str:
             f"  spool disk {sp['path']}: {sp['used_bytes'] / sp['total_bytes'] * 100:.0f}% used, "
             f"{sp['free_bytes'] / 1e9:.1f} GB free"
         )
+    lines += render_alert_lines(report.get("alerts"))
     lines += _render_jobs(report["scheduler"])
     return "\n".join(lines)
 

@@ -34,7 +34,8 @@ from typing import Any
 
 from pydicom.uid import generate_uid
 
-SCHEMA_VERSION = 2  # 2: content hashes, delivery ledger, study/series tracking, UID map, job morph/transcode
+SCHEMA_VERSION = 3  # 2: content hashes, delivery ledger, study/series tracking, UID map, job morph/transcode
+# 3: storage commitment (jobs.awaiting_commit, commit_tx, sent_uid; the commitments table; state committed)
 
 
 class JobState(enum.StrEnum):
@@ -46,11 +47,28 @@ class JobState(enum.StrEnum):
     CANCELLED = "cancelled"
     WAITING = "waiting"  # for its study or series to be complete (route `forward: study|series`)
     SKIPPED = "skipped"  # an identical object already went (or is going) to this destination
+    COMMITTED = "committed"  # done, and the destination confirmed by storage commitment that it keeps it
 
 
-TERMINAL = (JobState.DONE, JobState.CANCELLED, JobState.SKIPPED)
+# A DONE job whose destination asks for storage commitment still awaits its report (`awaiting_commit`): its
+# instance is not finished and its spool file is kept until the report commits (or fails) it.
+TERMINAL = (JobState.DONE, JobState.CANCELLED, JobState.SKIPPED, JobState.COMMITTED)
 # Jobs the delivery ledger counts: the object is at the destination or on its way there.
-_LEDGER_STATES = (JobState.QUEUED, JobState.SENDING, JobState.WAITING, JobState.HELD, JobState.DONE)
+_LEDGER_STATES = (
+    JobState.QUEUED,
+    JobState.SENDING,
+    JobState.WAITING,
+    JobState.HELD,
+    JobState.DONE,
+    JobState.COMMITTED,
+)
+# Not a job state: a filter for DONE jobs still awaiting their storage commitment report.
+AWAITING_COMMITMENT = "awaiting-commitment"
+# commitments.state
+COMMIT_REQUESTING = "requesting"  # N-ACTION being sent (a forwarder crash here leaves it: re-requested at start)
+COMMIT_PENDING = "pending"  # the destination accepted the request; its report has not come
+COMMIT_REPORTED = "reported"
+COMMIT_ABANDONED = "abandoned"  # the request failed or its forwarder died mid-request: its jobs are asked again
 ON_CONFLICT_HOLD = "hold"
 ON_CONFLICT_FORWARD = "forward"
 WAIT_FOR = ("series", "study")
@@ -172,6 +190,21 @@ CREATE TABLE IF NOT EXISTS series (
 CREATE INDEX IF NOT EXISTS series_state ON series(state);
 CREATE INDEX IF NOT EXISTS series_prune ON series(last_at) WHERE state = 'complete';
 CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
+CREATE TABLE IF NOT EXISTS commitments (
+    transaction_uid TEXT PRIMARY KEY,
+    destination     TEXT NOT NULL,
+    state           TEXT NOT NULL,                  -- requesting | pending | reported | abandoned
+    requester       TEXT,                           -- host:pid:destination:worker that sent the N-ACTION
+    requested_at    REAL NOT NULL,
+    objects         INTEGER NOT NULL,
+    reported_at     REAL,
+    committed       INTEGER,
+    failed          INTEGER,
+    reporter        TEXT,                           -- where the report came from (same association / AE@host)
+    error           TEXT,                           -- why the request failed (abandoned)
+    overdue_noted   INTEGER NOT NULL DEFAULT 0      -- commitment_overdue audited for it
+);
+CREATE INDEX IF NOT EXISTS commitments_open ON commitments(state, destination) WHERE state IN ('requesting', 'pending');
 CREATE TABLE IF NOT EXISTS uid_map (
     namespace   TEXT NOT NULL,
     original    TEXT NOT NULL,
@@ -185,6 +218,7 @@ CREATE TABLE IF NOT EXISTS uid_map (
 _SCHEMA_AFTER_UPGRADE = """
 CREATE INDEX IF NOT EXISTS instances_late ON instances(late) WHERE late = 1;
 CREATE INDEX IF NOT EXISTS instances_conflict ON instances(conflict_of) WHERE conflict_of IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_awaiting_commit ON jobs(destination, commit_tx) WHERE awaiting_commit = 1;
 """
 
 
@@ -291,6 +325,8 @@ class Job:
     wait_for: str | None = None
     series_uid: str | None = None
     content_sha256: str | None = None
+    awaiting_commit: bool = False  # DONE, its storage commitment report not yet in
+    commit_tx: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -299,6 +335,7 @@ class Job:
     def from_row(cls, row: sqlite3.Row) -> Job:
         values = dict(row)
         values["morph"] = tuple(json.loads(values["morph"] or "[]"))
+        values["awaiting_commit"] = bool(values.get("awaiting_commit"))
         return cls(**values)
 
 
@@ -306,7 +343,8 @@ _JOB_COLUMNS = (
     "j.id, j.instance_id, j.destination, j.route, j.priority, j.state, j.attempts, j.next_attempt_at, "
     "j.last_status, j.last_error, j.created_at, j.updated_at, j.done_at, i.spool_key, i.sop_instance_uid, "
     "i.sop_class_uid, i.transfer_syntax, i.study_uid, i.patient_id, i.accession, i.modality, i.calling_ae, "
-    "i.size_bytes, i.received_at, j.morph, j.transcode, j.wait_for, i.series_uid, i.content_sha256"
+    "i.size_bytes, i.received_at, j.morph, j.transcode, j.wait_for, i.series_uid, i.content_sha256, "
+    "j.awaiting_commit, j.commit_tx"
 )
 
 
@@ -345,8 +383,12 @@ class JobFilter:
             clauses.append("j.destination = ?")
             args.append(self.destination)
         if self.states:
-            clauses.append(f"j.state IN ({','.join('?' * len(self.states))})")
-            args += list(self.states)
+            states = [s for s in self.states if s != AWAITING_COMMITMENT]
+            either = [f"j.state IN ({','.join('?' * len(states))})"] if states else []
+            if AWAITING_COMMITMENT in self.states:
+                either.append("(j.state = 'done' AND j.awaiting_commit = 1)")
+            clauses.append(f"({' OR '.join(either)})")
+            args += states
         for column, value in (
             ("i.study_uid", self.study_uid),
             ("i.sop_instance_uid", self.sop_instance_uid),
@@ -374,6 +416,9 @@ _ADDED_COLUMNS = (
     ("jobs", "morph", "TEXT NOT NULL DEFAULT '[]'"),
     ("jobs", "transcode", "TEXT NOT NULL DEFAULT 'decompress'"),
     ("jobs", "wait_for", "TEXT"),
+    ("jobs", "awaiting_commit", "INTEGER NOT NULL DEFAULT 0"),  # schema 3: storage commitment
+    ("jobs", "commit_tx", "TEXT"),  # the Transaction UID its commitment was asked under
+    ("jobs", "sent_uid", "TEXT"),  # SOP Instance UID the destination got, when morphing replaced it
 )
 
 
@@ -406,6 +451,39 @@ class DestinationStats:
     @property
     def backlog(self) -> int:
         return sum(self.counts.get(s, 0) for s in (JobState.QUEUED, JobState.SENDING))
+
+
+@dataclass(frozen=True)
+class CommitItem:
+    """One sent object put to storage commitment: what the N-ACTION's Referenced SOP Sequence lists."""
+
+    job_id: int
+    sop_class_uid: str
+    sop_instance_uid: str  # as the destination got it (after morphing)
+
+
+@dataclass
+class CommitmentOutcome:
+    """What one storage commitment report did."""
+
+    transaction_uid: str
+    destination: str
+    committed_jobs: list[int] = field(default_factory=list)
+    failed_jobs: list[tuple[int, str, str]] = field(default_factory=list)  # (job, SOP Instance UID, reason)
+    unmatched: int = 0  # listed objects no job awaits any more (already reported, retried, cancelled)
+    spool_keys_freed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CommitmentSummary:
+    destination: str
+    requested: int  # asked about, report not yet in
+    unasked: int  # sent, commitment not yet requested (queued for the next request)
+    oldest_at: float | None  # when the oldest of them was sent
+
+    @property
+    def awaiting(self) -> int:
+        return self.requested + self.unasked
 
 
 @dataclass(frozen=True)
@@ -1002,17 +1080,30 @@ class Store:
         )
         return None if row[0] is None else float(row[0])
 
-    def ack(self, job_id: int, status: int, detail: str, now: float, keep_spool: bool) -> str | None:
+    def ack(
+        self,
+        job_id: int,
+        status: int,
+        detail: str,
+        now: float,
+        keep_spool: bool,
+        *,
+        commit: bool = False,
+        sent_uid: str | None = None,
+    ) -> str | None:
         """The destination has the object. Returns the spool key to delete if nothing else needs it.
 
         Accepted even if the claim's lease ran out meanwhile (job requeued or re-claimed): the
         destination confirmed storage, so the job is done and a pending re-send becomes harmless.
+        With `commit` the job awaits a storage commitment report: its spool file stays until one comes.
+        `sent_uid`: the SOP Instance UID the destination got, if morphing replaced the original.
         """
         with self._tx() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET state = ?, last_status = ?, last_error = NULL, done_at = ?, updated_at = ?, "
-                "lease_until = NULL, claimed_by = NULL WHERE id = ? AND state IN (?, ?)",
-                (JobState.DONE, status, now, now, job_id, JobState.SENDING, JobState.QUEUED),
+                "lease_until = NULL, claimed_by = NULL, awaiting_commit = ?, commit_tx = NULL, sent_uid = ? "
+                "WHERE id = ? AND state IN (?, ?)",
+                (JobState.DONE, status, now, now, int(commit), sent_uid, job_id, JobState.SENDING, JobState.QUEUED),
             )
             if cur.rowcount == 0:
                 return None
@@ -1109,6 +1200,200 @@ class Store:
             )
             return cur.rowcount
 
+    # -- storage commitment ---------------------------------------------------------------------
+    def begin_commitment(
+        self, destination: str, transaction_uid: str, requester: str, now: float, limit: int
+    ) -> list[CommitItem]:
+        """Take up to `limit` sent jobs of `destination` that await commitment and have not been asked about
+        yet, and record the request under `transaction_uid` (state requesting) before the N-ACTION goes out,
+        so a report arriving on another association finds them. Returns what to list in the request."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "UPDATE jobs SET commit_tx = ? WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_awaiting_commit "
+                "WHERE awaiting_commit = 1 AND destination = ? AND commit_tx IS NULL ORDER BY id LIMIT ?) "
+                "RETURNING id",
+                (transaction_uid, destination, limit),
+            ).fetchall()
+            ids = [r[0] for r in rows]
+            if not ids:
+                return []
+            conn.execute(
+                "INSERT INTO commitments(transaction_uid, destination, state, requester, requested_at, objects) "
+                "VALUES (?,?,?,?,?,?)",
+                (transaction_uid, destination, COMMIT_REQUESTING, requester, now, len(ids)),
+            )
+            items = conn.execute(
+                "SELECT j.id, i.sop_class_uid, COALESCE(j.sent_uid, i.sop_instance_uid) FROM jobs j "
+                f"JOIN instances i ON i.id = j.instance_id WHERE j.id IN ({','.join('?' * len(ids))}) ORDER BY j.id",
+                ids,
+            ).fetchall()
+            conn.executemany(
+                "INSERT INTO job_events(job_id, at, event, detail) VALUES (?,?,?,?)",
+                [(i, now, "commitment_requested", f"transaction {transaction_uid}") for i in ids],
+            )
+        return [CommitItem(r[0], r[1], r[2]) for r in items]
+
+    def commitment_sent(self, transaction_uid: str, now: float) -> None:
+        """The destination accepted the N-ACTION: now its report is awaited (unless it already came)."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE commitments SET state = ? WHERE transaction_uid = ? AND state = ?",
+                (COMMIT_PENDING, transaction_uid, COMMIT_REQUESTING),
+            )
+
+    def abandon_commitment(self, transaction_uid: str, error: str, now: float) -> int:
+        """The N-ACTION failed: the jobs it listed go back to be asked again (by a later request). Returns how
+        many jobs went back."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE commitments SET state = ?, error = ? WHERE transaction_uid = ? AND state IN (?, ?)",
+                (COMMIT_ABANDONED, error, transaction_uid, COMMIT_REQUESTING, COMMIT_PENDING),
+            )
+            return conn.execute(
+                "UPDATE jobs SET commit_tx = NULL WHERE commit_tx = ? AND awaiting_commit = 1", (transaction_uid,)
+            ).rowcount
+
+    def abandon_interrupted_requests(self, requester_prefix: str, now: float) -> int:
+        """Open requests of a forwarder that stopped (at its successor's start): one it may not have sent (it
+        died mid-request), or whose report it was waiting for on an association that is gone. Their jobs are
+        asked again under a new Transaction UID; a report still arriving for the old one is applied all the
+        same (a second report then finds nothing left to do). The deadline counts from sending, so asking
+        again never postpones the warning."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "UPDATE commitments SET state = ?, error = ? WHERE state IN (?, ?) AND substr(requester, 1, ?) = ? "
+                "RETURNING transaction_uid",
+                (
+                    COMMIT_ABANDONED,
+                    "the forwarder stopped before the report came",
+                    COMMIT_REQUESTING,
+                    COMMIT_PENDING,
+                    len(requester_prefix),
+                    requester_prefix,
+                ),
+            ).fetchall()
+            for (uid,) in rows:
+                conn.execute("UPDATE jobs SET commit_tx = NULL WHERE commit_tx = ? AND awaiting_commit = 1", (uid,))
+        return len(rows)
+
+    def commitment_due(self, destination: str) -> int:
+        """Sent jobs of `destination` awaiting commitment that have not been asked about yet."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT COUNT(*) FROM jobs INDEXED BY jobs_awaiting_commit WHERE awaiting_commit = 1 "
+                "AND destination = ? AND commit_tx IS NULL",
+                (destination,),
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
+    def commitment_transaction(self, transaction_uid: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT * FROM commitments WHERE transaction_uid = ?", (transaction_uid,)).fetchone()
+        return None if row is None else dict(row)
+
+    def record_commitment_report(
+        self,
+        transaction_uid: str,
+        committed: Sequence[str],
+        failed: Sequence[tuple[str, int | None, str]],
+        reporter: str,
+        now: float,
+        keep_spool: bool,
+    ) -> CommitmentOutcome | None:
+        """Apply a storage commitment report: jobs of the transaction's destination awaiting commitment whose
+        sent SOP Instance UID the report lists become COMMITTED, or FAILED with the reason (`failed`: (SOP
+        Instance UID, failure reason code, words)). A late report, or one for an abandoned request, counts the
+        same. Returns None for a Transaction UID this router never issued."""
+        with self._tx() as conn:
+            tx = conn.execute(
+                "SELECT destination FROM commitments WHERE transaction_uid = ?", (transaction_uid,)
+            ).fetchone()
+            if tx is None:
+                return None
+            destination = str(tx[0])
+            listed = set(committed) | {f[0] for f in failed}
+            # The request's own jobs first (an index lookup); all the destination's awaiting jobs only when the
+            # report names objects asked about under another transaction (a request asked again, a late report).
+            waiting: dict[str, list[int]] = {}
+            for where, arg in (("j.commit_tx = ?", transaction_uid), ("j.destination = ?", destination)):
+                waiting.clear()
+                for job_id, uid in conn.execute(
+                    "SELECT j.id, COALESCE(j.sent_uid, i.sop_instance_uid) FROM jobs j INDEXED BY jobs_awaiting_commit "
+                    f"JOIN instances i ON i.id = j.instance_id WHERE j.awaiting_commit = 1 AND j.destination = ? "
+                    f"AND {where}",
+                    (destination, arg),
+                ):
+                    waiting.setdefault(uid, []).append(job_id)
+                if listed <= set(waiting):
+                    break
+            out = CommitmentOutcome(transaction_uid, destination)
+            matched_uids = [uid for uid in (*committed, *(f[0] for f in failed)) if uid in waiting]
+            for uid in committed:
+                for job_id in waiting.pop(uid, []):
+                    conn.execute(
+                        "UPDATE jobs SET state = ?, awaiting_commit = 0, updated_at = ? WHERE id = ?",
+                        (JobState.COMMITTED, now, job_id),
+                    )
+                    self._event(conn, job_id, now, "committed", None, f"{reporter}, transaction {transaction_uid}")
+                    out.committed_jobs.append(job_id)
+                    key = self._finish_instance_if_complete(conn, job_id, now, keep_spool)
+                    if key:
+                        out.spool_keys_freed.append(key)
+            for uid, code, words in failed:
+                for job_id in waiting.pop(uid, []):
+                    error = (
+                        f"storage commitment FAILED at {destination}: {words} (transaction {transaction_uid}) — "
+                        f"the destination may not keep this object; `dicom-router queue retry {job_id}` sends it again"
+                    )
+                    conn.execute(
+                        "UPDATE jobs SET state = ?, awaiting_commit = 0, last_status = ?, last_error = ?, "
+                        "updated_at = ? WHERE id = ?",
+                        (JobState.FAILED, code, error, now, job_id),
+                    )
+                    self._event(conn, job_id, now, "commitment_failed", code, f"{words}; {reporter}")
+                    out.failed_jobs.append((job_id, uid, words))
+            out.unmatched = len(listed - set(matched_uids))
+            conn.execute(
+                "UPDATE commitments SET state = ?, reported_at = COALESCE(reported_at, ?), "
+                "committed = COALESCE(committed, 0) + ?, failed = COALESCE(failed, 0) + ?, reporter = ? "
+                "WHERE transaction_uid = ?",
+                (COMMIT_REPORTED, now, len(out.committed_jobs), len(out.failed_jobs), reporter, transaction_uid),
+            )
+        return out
+
+    def commitment_overview(self, now: float) -> dict[str, CommitmentSummary]:
+        """Per destination: jobs awaiting a commitment report (asked about or not yet) and the oldest send."""
+        out: dict[str, CommitmentSummary] = {}
+        for dest, requested, unasked, oldest in self._conn().execute(
+            "SELECT destination, COALESCE(SUM(commit_tx IS NOT NULL), 0), COALESCE(SUM(commit_tx IS NULL), 0), "
+            "MIN(done_at) FROM jobs INDEXED BY jobs_awaiting_commit WHERE awaiting_commit = 1 GROUP BY 1"
+        ):
+            out[dest] = CommitmentSummary(dest, int(requested), int(unasked), oldest)
+        return out
+
+    def overdue_commitments(self, destination: str, sent_before: float) -> list[dict[str, Any]]:
+        """Jobs to `destination` sent before `sent_before` and still awaiting a report, grouped by the request
+        they are in (transaction_uid None: not asked about yet), oldest first: transaction_uid, sent_at,
+        objects, overdue_noted (1 = commitment_overdue audited already, or nothing to audit it under)."""
+        rows = self._conn().execute(
+            "SELECT j.commit_tx AS transaction_uid, MIN(j.done_at) AS sent_at, COUNT(*) AS objects, "
+            "COALESCE(MAX(c.overdue_noted), 1) AS overdue_noted FROM jobs j INDEXED BY jobs_awaiting_commit "
+            "LEFT JOIN commitments c ON c.transaction_uid = j.commit_tx "
+            "WHERE j.awaiting_commit = 1 AND j.destination = ? AND j.done_at < ? GROUP BY j.commit_tx ORDER BY 2",
+            (destination, sent_before),
+        )
+        return [dict(r) for r in rows]
+
+    def note_overdue(self, transaction_uids: Sequence[str]) -> None:
+        if not transaction_uids:
+            return
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE commitments SET overdue_noted = 1 WHERE transaction_uid = ?", [(u,) for u in transaction_uids]
+            )
+
     # -- destinations (circuit breaker state, shared with `status`) -----------------------------
     def record_connect_result(self, destination: str, ok: bool, error: str | None, now: float) -> int:
         """Count consecutive connection failures; returns the count after this result."""
@@ -1162,10 +1447,11 @@ class Store:
     # -- operator actions -----------------------------------------------------------------------
     def retry(self, flt: JobFilter, actor: str, reason: str, now: float) -> ActionResult:
         """Failed or backing-off jobs: try again now, with a fresh attempt budget. Skipped ones (an identical
-        object went there already) are sent anyway, while their spooled file is still kept."""
+        object went there already) are sent anyway, while their spooled file is still kept; so are sent ones
+        still awaiting a storage commitment report (sent again, and commitment asked again)."""
         return self._transition(
             flt,
-            (JobState.FAILED, JobState.QUEUED, JobState.SKIPPED),
+            (JobState.FAILED, JobState.QUEUED, JobState.SKIPPED, AWAITING_COMMITMENT),
             JobState.QUEUED,
             "operator_retry",
             actor,
@@ -1189,9 +1475,11 @@ class Store:
         return self._transition(flt, (JobState.HELD,), JobState.QUEUED, "operator_release", actor, reason, now)
 
     def cancel(self, flt: JobFilter, actor: str, reason: str, now: float, keep_spool: bool) -> ActionResult:
+        # An awaiting-commitment job may be cancelled too: the operator stops waiting for its report (e.g. the
+        # PACS confirmed by other means); its spool file is then released like any finished job's.
         return self._transition(
             flt,
-            (JobState.QUEUED, JobState.HELD, JobState.FAILED, JobState.WAITING),
+            (JobState.QUEUED, JobState.HELD, JobState.FAILED, JobState.WAITING, AWAITING_COMMITMENT),
             JobState.CANCELLED,
             "operator_cancel",
             actor,
@@ -1218,19 +1506,23 @@ class Store:
         where, args = flt.where(now)
         freed: list[str] = []
         with self._tx() as conn:
-            matched = conn.execute(
-                f"SELECT j.id, j.state, i.id, i.spool_state FROM jobs j JOIN instances i ON i.id = j.instance_id "
-                f"WHERE {where}",
-                args,
-            ).fetchall()
+            matched = [
+                # A DONE job awaiting its commitment report is matched as the pseudo-state AWAITING_COMMITMENT.
+                (r[0], AWAITING_COMMITMENT if r[1] == JobState.DONE and r[4] else r[1], r[2], r[3])
+                for r in conn.execute(
+                    f"SELECT j.id, j.state, i.id, i.spool_state, j.awaiting_commit FROM jobs j "
+                    f"JOIN instances i ON i.id = j.instance_id WHERE {where}",
+                    args,
+                ).fetchall()
+            ]
             # A finished job sent again (a skipped one) needs its file, and reopens its instance so spool
             # retention keeps the file until it is sent.
             reopen = {r[0]: r[2] for r in matched if r[1] in from_states and r[1] in TERMINAL}
             ids = [r[0] for r in matched if r[1] in from_states and (r[0] not in reopen or r[3] == "kept")]
             for job_id in ids:
                 conn.execute(
-                    "UPDATE jobs SET state = ?, updated_at = ?, next_attempt_at = ?, "
-                    f"attempts = {'0' if reset_attempts else 'attempts'}"
+                    "UPDATE jobs SET state = ?, updated_at = ?, next_attempt_at = ?, awaiting_commit = 0, "
+                    f"commit_tx = NULL, attempts = {'0' if reset_attempts else 'attempts'}"
                     f"{', done_at = NULL' if job_id in reopen else ''} WHERE id = ?",
                     (to_state, now, now, job_id),
                 )
@@ -1411,6 +1703,16 @@ class Store:
             s.paused, s.paused_by, s.paused_reason, s.paused_at = bool(row[5]), row[6], row[7], row[8]
         return stats
 
+    def send_outcomes_since(self, since: float) -> dict[str, tuple[int, int]]:
+        """(delivered, failed attempts) per destination since `since`, from every process's job events."""
+        rows = self._conn().execute(
+            "SELECT j.destination, SUM(e.event = 'delivered'), SUM(e.event != 'delivered') FROM job_events e "
+            "JOIN jobs j ON j.id = e.job_id WHERE e.event IN ('delivered', 'attempt_failed', 'failed') AND e.at > ? "
+            "GROUP BY 1",
+            (since,),
+        )
+        return {name: (int(ok or 0), int(bad or 0)) for name, ok, bad in rows}
+
     def delivered_per_minute(self, now: float, minutes: int = 30) -> list[int]:
         """Objects delivered in each of the last `minutes` minutes, oldest first (the console's sparkline)."""
         start = now - minutes * 60
@@ -1519,7 +1821,8 @@ class Store:
             return None
         instance_id, key = row
         pending = conn.execute(
-            f"SELECT COUNT(*) FROM jobs WHERE instance_id = ? AND state NOT IN ({','.join('?' * len(TERMINAL))})",
+            f"SELECT COUNT(*) FROM jobs WHERE instance_id = ? AND (state NOT IN ({','.join('?' * len(TERMINAL))}) "
+            "OR awaiting_commit = 1)",
             (instance_id, *TERMINAL),
         ).fetchone()[0]
         if pending:

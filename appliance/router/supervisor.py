@@ -26,15 +26,19 @@ import threading
 import time
 from pathlib import Path
 
+from . import restarts
 from .config import ConfigError, RouterConfig, load_config
 from .logsetup import log, setup_logging
+from .metrics import MULTIPROC_ENV, prepare_multiproc_dir
 
 LOG = logging.getLogger("router.supervisor")
 CHILDREN = ("receiver", "forwarder", "scheduler")
 EXIT_CANNOT_LISTEN = 3
 EXIT_BAD_CONFIG = 2
 # Settings a child reads only at start: a reload that changes one restarts the children.
-RESTART_ONLY = ("ae_title", "bind", "port", "state_dir", "log_dir", "max_pdu", "max_associations")
+# (tls: the listener's port, plain/TLS split and its certificate paths; a rotated certificate in the same files
+# needs only a reload, which the receiver handles.)
+RESTART_ONLY = ("ae_title", "bind", "port", "state_dir", "log_dir", "max_pdu", "max_associations", "tls_dir", "tls")
 
 
 def _die_with_parent() -> None:
@@ -57,11 +61,30 @@ class Supervisor:
         self.reloaded = False  # after a reload, a child that cannot start is retried, not fatal
         self.cfg: RouterConfig | None = None
         self.next_start: dict[str, float] = {}  # child name → when to restart it after a crash
+        self.child_env: dict[str, str] = dict(os.environ)
 
     def spawn(self, name: str) -> None:
         cmd = [sys.executable, "-m", "appliance.router", "_run", name, "--config", str(self.config_path)]
-        self.procs[name] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        self.procs[name] = subprocess.Popen(cmd, env=self.child_env, preexec_fn=_die_with_parent)  # noqa: PLW1509
         log(LOG, logging.INFO, f"started {name}", pid=self.procs[name].pid)
+
+    def _prepare_metrics(self, cfg: RouterConfig) -> None:
+        """Metrics on: an empty multiprocess directory, named in the children's environment before they
+        import prometheus_client. Off: no directory in their environment, so their counters are no-ops."""
+        self.child_env.pop(MULTIPROC_ENV, None)
+        if not cfg.metrics.enabled:
+            return
+        try:
+            self.child_env[MULTIPROC_ENV] = str(prepare_multiproc_dir(cfg.router.state_dir))
+        except OSError as exc:  # metrics matter less than DICOM: route without them
+            log(LOG, logging.ERROR, f"metrics disabled for this run: cannot prepare their directory: {exc}")
+
+    def _record_restart(self, name: str, code: int) -> None:
+        assert self.cfg is not None
+        try:
+            restarts.record_exit(restarts.record_path(self.cfg.router.state_dir), name, code)
+        except OSError as exc:
+            log(LOG, logging.WARNING, f"cannot record the restart of {name} for the restarts alert: {exc}")
 
     def run(self) -> int:
         try:
@@ -78,6 +101,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self.hup.set())
+        self._prepare_metrics(cfg)
         for name in CHILDREN:
             self.spawn(name)
         while not self.stop.wait(0.2):
@@ -99,6 +123,7 @@ class Supervisor:
                     break
                 if name not in self.next_start:
                     self.restarts[name] += 1
+                    self._record_restart(name, code)
                     delay = min(30.0, 2.0 ** min(self.restarts[name], 5) / 2)
                     self.next_start[name] = time.monotonic() + delay
                     log(
@@ -126,10 +151,15 @@ class Supervisor:
             return
         old, self.cfg = self.cfg, new
         self.reloaded = True
-        changed = [k for k in RESTART_ONLY if old is not None and getattr(old.router, k) != getattr(new.router, k)]
+        changed = [
+            f"router.{k}" for k in RESTART_ONLY if old is not None and getattr(old.router, k) != getattr(new.router, k)
+        ]
+        if old is not None and old.metrics.enabled != new.metrics.enabled:
+            changed.append("metrics.enabled")  # the children's environment decides it: only a restart changes it
         if changed:
-            log(LOG, logging.INFO, f"SIGHUP: router.{', router.'.join(changed)} changed: restarting the children")
+            log(LOG, logging.INFO, f"SIGHUP: {', '.join(changed)} changed: restarting the children")
             self._stop_children(new.router.drain_seconds)
+            self._prepare_metrics(new)  # after the stop: the old children no longer write there
             self.next_start.clear()
             for name in CHILDREN:
                 self.spawn(name)
@@ -169,6 +199,9 @@ def run_child(name: str, config_path: Path) -> int:
         logging.getLogger(f"router.{name}").critical(str(exc))
         return EXIT_BAD_CONFIG
     setup_logging(name, cfg.router.log_dir)
+    from .metrics import recorder
+
+    recorder()  # load prometheus_client now, not while the first object waits for its C-STORE response
     if name == "receiver":
         from .receiver import Receiver
 

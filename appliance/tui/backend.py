@@ -24,13 +24,16 @@ from appliance.router import backup as backup_mod
 from appliance.router import backup_restore, operations
 from appliance.router import bundle_crypto as bc
 from appliance.router.clock import ClockState, clock_state
+from appliance.router.commitment import describe_failure
 from appliance.router.config import (
     ConfigError,
     Node,
     RouterConfig,
+    _trust_problems,  # config check's TLS/commitment rule, applied to the node being typed
     load_config,
     load_state_locations,
 )
+from appliance.router.config_trust import CommitmentPolicy
 from appliance.router.dicom_status import describe
 from appliance.router.history import (
     ApplyError,
@@ -47,13 +50,24 @@ from appliance.router.rules import environment_problems
 from appliance.router.rules_dryrun import DryRun, dicom_files, dry_run, render
 from appliance.router.scu import EchoResult, Peer, echo
 from appliance.router.status import collect, short_age
-from appliance.router.store import DestinationStats, Job, JobFilter, Store
+from appliance.router.store import AWAITING_COMMITMENT, DestinationStats, Job, JobFilter, Store
 
 from .problems import console_problems, first_refusals
 
 PAGE_SIZE = 100
 COUNT_CAP = 10_000  # the queue screen's total stops here for filters on study/accession/patient/age (speed)
 NODE_FIELDS = ("ae_title", "host", "port", "role", "max_associations", "environment")
+# Form fields kept in a node's nested settings: field → (section, key). Only these keys of `tls:` and
+# `commitment:` are edited at the console; the others (CA bundle, mutual, wait_seconds) stay as the file has them.
+NESTED_NODE_FIELDS = {
+    "tls_enabled": ("tls", "enabled"),
+    "tls_peer_name": ("tls", "peer_name"),
+    "commitment_enabled": ("commitment", "enabled"),
+    "commitment_deadline": ("commitment", "deadline_minutes"),
+}
+_FIELD_OF = {path: name for name, path in NESTED_NODE_FIELDS.items()}
+DEFAULT_COMMIT_DEADLINE: float = CommitmentPolicy.model_fields["deadline_minutes"].default
+COMMITMENT_FAILED = "storage commitment FAILED"  # how a job's error starts when the destination did not commit it
 RULES_TEST_BATCH = 100  # files per dry-run call: progress and "stop" are checked between batches
 
 
@@ -207,7 +221,13 @@ class Backend:
             events = store.job_events(job_id)
         finally:
             store.close()
-        return JobDetail(job, events, describe(job.last_status) if job.last_status is not None else None)
+        if job.last_status is None:
+            status = None
+        elif (job.last_error or "").startswith(COMMITMENT_FAILED):  # a Failure Reason, not a C-STORE status
+            status = self.describe_failure_reason(job.last_status)
+        else:
+            status = describe(job.last_status)
+        return JobDetail(job, events, status)
 
     def count(self, query: JobQuery) -> int:
         store = self._store()
@@ -334,7 +354,7 @@ class Backend:
         """C-ECHO a configured node (by name) or AE@HOST:PORT, as the router's own AE title."""
         cfg = self.config()
         try:
-            peer = Peer.from_node(target, cfg.nodes[target]) if target in cfg.nodes else Peer.parse(target)
+            peer = Peer.from_node(target, cfg.nodes[target], cfg) if target in cfg.nodes else Peer.parse(target)
         except ValueError as exc:
             raise BackendError(str(exc)) from None
         return echo(cfg.router.ae_title, peer)
@@ -353,11 +373,15 @@ class Backend:
             node = Node.model_validate(_node_dict(fields))
         except Exception as exc:  # pydantic ValidationError: one message per field
             for err in getattr(exc, "errors", lambda: [])():
-                key = str(err["loc"][0]) if err["loc"] else "node"
+                loc = [str(p) for p in err["loc"]]
+                nested = (loc[0], loc[1]) if len(loc) >= 2 else None
+                key = (_FIELD_OF.get(nested) if nested else None) or (loc[0] if loc else "node")
                 problems.setdefault(key, str(err["msg"]).removeprefix("Value error, "))
             if not problems:
                 problems["node"] = str(exc)
             return problems
+        for where, message in _trust_problems_of(cfg, name or editing or "?", fields):
+            problems.setdefault(_FIELD_OF.get(where, "node"), message)
         for other, n in cfg.nodes.items():
             if other not in (name, editing) and n.ae_title == node.ae_title:
                 problems["ae_title"] = f"AE title {node.ae_title} is already used by {other}"
@@ -382,7 +406,7 @@ class Backend:
             )
         doc, yaml = self._live_doc()
         nodes = doc.setdefault("nodes", {})
-        _set_node(nodes, name, _node_dict(fields), editing)
+        _set_node(nodes, name, _node_dict(fields), editing, fields)
         what = f"{'change' if editing else 'add'} node {name}"
         return self._apply_doc(doc, yaml, reason or what, ticket)
 
@@ -657,6 +681,11 @@ class Backend:
         """A DICOM status code with its meaning in words: '0x0122 (refused: the destination does not support …)'."""
         return describe(code)
 
+    @staticmethod
+    def describe_failure_reason(code: int) -> str:
+        """A storage commitment Failure Reason in words: 'Failure Reason 0x0112: no such object instance (…)'."""
+        return f"Failure Reason 0x{code:04X}: {describe_failure(code).rsplit(' (0x', 1)[0]}"
+
     # -- endpoints and backups screens (added by their helper) ---------------------------------------
     def nodes_with_routes(self) -> list[tuple[str, Node, list[str]]]:
         """Every node, by name, with the routes that use it: one read of the config (the screen's tick)."""
@@ -711,9 +740,9 @@ def _routes_using(cfg: RouterConfig, node: str) -> list[str]:
     return used
 
 
-def _set_node(nodes: Any, name: str, values: dict[str, Any], editing: str | None) -> None:
+def _set_node(nodes: Any, name: str, values: dict[str, Any], editing: str | None, fields: dict[str, Any]) -> None:
     """Change a node in the round-trip document in place: its position, style (flow `{…}` or block), comments
-    and other keys (timeouts, retry, …) stay; a node field left empty goes back to its default."""
+    and other keys (timeouts, retry, tls.ca, …) stay; a node field left empty goes back to its default."""
     entry = nodes.get(editing or name)
     if entry is None:
         entry = CommentedMap(values)
@@ -726,6 +755,19 @@ def _set_node(nodes: Any, name: str, values: dict[str, Any], editing: str | None
             entry[key] = values[key]
         elif key in entry:
             del entry[key]
+    for form_key, (section, key) in NESTED_NODE_FIELDS.items():
+        if form_key not in fields:
+            continue  # a caller that does not show this field leaves it as the file has it
+        wanted = values.get(section, {})
+        current = entry.get(section)
+        if key in wanted:
+            if current is None:
+                entry[section] = current = CommentedMap()
+            current[key] = wanted[key]
+        elif current is not None and key in current:
+            del current[key]
+        if current is not None and not current:
+            del entry[section]  # `tls: {}` says nothing: leave no empty section behind
     if editing and editing != name:
         position = list(nodes).index(editing)
         del nodes[editing]
@@ -741,7 +783,42 @@ def _node_dict(fields: dict[str, Any]) -> dict[str, Any]:
         if key in ("port", "max_associations") and isinstance(value, str):
             value = int(value) if value.strip().isdigit() else value
         out[key] = value
+    for form_key, (section, key) in NESTED_NODE_FIELDS.items():
+        value = fields.get(form_key)
+        if isinstance(value, str):
+            value = value.strip()
+        if value is None or value == "" or value is False:
+            continue
+        if form_key == "commitment_deadline":
+            value = _number(value)
+            if value == DEFAULT_COMMIT_DEADLINE:
+                continue
+        out.setdefault(section, {})[key] = value
     return out
+
+
+def _number(text: Any) -> Any:
+    """'90' → 90, '7.5' → 7.5; anything else unchanged, so validation names it."""
+    try:
+        number = float(text)
+    except (TypeError, ValueError):
+        return text
+    return int(number) if number.is_integer() else number
+
+
+def _trust_problems_of(cfg: RouterConfig, name: str, fields: dict[str, Any]) -> list[tuple[tuple[str, str], str]]:
+    """TLS and storage commitment settings that contradict the rest of the config (a TLS source needs the
+    router's TLS listener; commitment is asked of destinations): config check's own rule, for this node."""
+    found: list[tuple[tuple[str, str], str]] = []
+    router = {"port": cfg.router.port, "tls": {"port": cfg.router.tls.port, "plain": cfg.router.tls.plain}}
+    node = _node_dict(fields)
+
+    def add(loc: tuple[Any, ...], message: str) -> None:
+        if len(loc) == 4 and loc[:2] == ("nodes", name):
+            found.append(((str(loc[2]), str(loc[3])), message))
+
+    _trust_problems(router, {name: node}, {name: node.get("role")}, add)
+    return found
 
 
 def _label(ref: int | str) -> str:
@@ -788,4 +865,15 @@ def _one_line(line: str) -> str:
     return line
 
 
-__all__ = ["Backend", "BackendError", "Dashboard", "JobDetail", "JobQuery", "Page", "RulesTest", "short_age"]
+__all__ = [
+    "AWAITING_COMMITMENT",
+    "DEFAULT_COMMIT_DEADLINE",
+    "Backend",
+    "BackendError",
+    "Dashboard",
+    "JobDetail",
+    "JobQuery",
+    "Page",
+    "RulesTest",
+    "short_age",
+]

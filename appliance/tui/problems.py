@@ -19,13 +19,23 @@ ERROR_RANK_LIMIT = 50  # ranks below this are errors (act now), the rest warning
 _RANKS: tuple[tuple[str, int], ...] = (
     ("is not running", 0),
     ("MB reserve", 15),
+    ("TLS listener:", 20),  # TLS callers are refused until the certificate/key loads: never plain instead
     ("EXPIRED", 25),
+    ("exited unexpectedly", 30),  # alerts: a process crash-looping
+    ("attempt(s) in the last", 40),  # alerts: failure rate to a destination
+    ("audit trail broken", 42),  # tampering or damage: someone must find out why (docs/audit.md)
     ("already-seen SOP Instance UID", 45),  # two objects under one identifier: a patient-safety check
+    ("no storage commitment report", 52),  # sent, but the destination has not confirmed it keeps them
     ("% full", 50),
+    ("% used (alert above", 50),
+    ("backlog to ", 60),  # alerts: backlog age above its threshold
     ("scheduled job", 65),
     ("scheduler:", 65),
     ("expires in", 70),
     ("certificate", 70),
+    ("alert delivery by", 72),  # nobody is told: worth fixing, routing is unaffected
+    ("metrics", 78),  # the endpoint cannot listen: monitoring is blind, DICOM flows
+    ("audit trail", 74),  # cannot be checked (permissions): the trail itself may be fine
     ("config", 75),
     ("matched no route", 80),
 )
@@ -108,14 +118,25 @@ def destination_problems(d: dict[str, Any], refusal: Refusal | None, now: float)
         )
     if refusal is not None:
         n = d["counts"]["failed"]
-        out.append(
-            Problem(
-                20,
-                f"{name} has refused {n} object(s) for {age_words(now - refusal.since)}: "
-                f"{_where_and_why(name, refusal.error)[1]}. Not retried on their own: fix that, then retry them "
-                "(Enter: its jobs).",
+        uncommitted = _commitment_failure(refusal.error)
+        if uncommitted is not None:
+            out.append(
+                Problem(
+                    20,
+                    f"{name} did not commit {n} object(s) sent to it (storage commitment failed "
+                    f"{age_words(now - refusal.since)} ago: {uncommitted}): it may not keep them. Check on {name}, "
+                    "then retry them (Enter: its jobs) — they are sent again and commitment is asked again.",
+                )
             )
-        )
+        else:
+            out.append(
+                Problem(
+                    20,
+                    f"{name} has refused {n} object(s) for {age_words(now - refusal.since)}: "
+                    f"{_where_and_why(name, refusal.error)[1]}. Not retried on their own: fix that, then retry them "
+                    "(Enter: its jobs).",
+                )
+            )
     if d["paused"]:
         by = f" by {d['paused_by']}" if d["paused_by"] else ""
         ago = f" {age_words(now - d['paused_at'])} ago" if d["paused_at"] else ""
@@ -131,6 +152,17 @@ def destination_problems(d: dict[str, Any], refusal: Refusal | None, now: float)
             failing = f"; {d['failures_last_hour']} failed attempt(s) in the last hour, the last: {why}"
         out.append(Problem(60, f"{name} is falling behind: {waiting}{failing}."))
     return out
+
+
+_COMMIT_FAILED = re.compile(
+    r"storage commitment FAILED at \S+: (?P<why>.*?)(?: \(transaction [^)]*\))?(?: — .*)?$", re.DOTALL
+)
+
+
+def _commitment_failure(error: str) -> str | None:
+    """The Failure Reason of a job the destination reported it did not commit, else None."""
+    m = _COMMIT_FAILED.match(error)
+    return m["why"] if m else None
 
 
 def _clock_problem(clock: ClockState) -> Problem | None:
@@ -150,12 +182,25 @@ _CONSOLE_HINTS = (
         "(Queue: u, filter state held; Enter on a job shows which earlier job it conflicts with)",
     ),
 )
+_RETRY_AWAITING = re.compile(
+    r"`dicom-router queue retry --destination (\S+) --state awaiting-commitment` sends them and asks again"
+)
 
 
 def _console_words(text: str) -> str:
     for cli, keys in _CONSOLE_HINTS:
         text = text.replace(cli, keys)
-    return text
+    return _RETRY_AWAITING.sub(
+        r"in the Queue (u) filter \1 and state 'sent, awaiting commitment': A and r send them and ask again", text
+    )
+
+
+def _tls_problem(report: dict[str, Any]) -> Problem | None:
+    """The router's own TLS certificate/key that does not load, when `status` has not said so itself."""
+    t = report.get("tls")
+    if not t or t.get("ok", True) or any(p.startswith("TLS listener") for p in report["problems"]):
+        return None
+    return Problem(20, f"TLS listener: {t.get('problem')}")
 
 
 def console_problems(
@@ -163,14 +208,20 @@ def console_problems(
 ) -> list[Problem]:
     """Every problem, worst first: stopped processes, unreachable destinations, a full disk, refusals, …"""
     names = [d["name"] for d in report["destinations"]]
+    rows = {d["name"]: destination_problems(d, refusals.get(d["name"]), now) for d in report["destinations"]}
     problems: list[Problem] = []
     for text in report["problems"]:
         if any(text.startswith(n + " ") for n in names):
             continue  # re-worded below from the destination's row
+        if any(text.startswith(f"backlog to {n}:") and rows[n] for n in names):
+            continue  # the backlog alert repeats what the destination's own line says
         rank = next((r for word, r in _RANKS if word in text), _OTHER_RANK)
         problems.append(Problem(rank, _console_words(text)))
-    for d in report["destinations"]:
-        problems += destination_problems(d, refusals.get(d["name"]), now)
+    for name in names:
+        problems += rows[name]
+    tls_problem = _tls_problem(report)
+    if tls_problem:
+        problems.append(tls_problem)
     clock_problem = _clock_problem(clock)
     if clock_problem:
         problems.append(clock_problem)

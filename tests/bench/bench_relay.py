@@ -57,11 +57,24 @@ from tests.support import peers
 from tests.support.data import make_ct_series, sop_instance_uid
 from tests.support.peers import PEER_ENV, Orthanc, Router, StoreSCP, dcmtk
 
-SCENARIOS = ("direct", "fsync", "router", "rules", "orthanc", "orthanc_del")
+SCENARIOS = (
+    "direct",
+    "direct_tls",
+    "fsync",
+    "router",
+    "router_nometrics",
+    "router_tls",
+    "rules",
+    "orthanc",
+    "orthanc_del",
+)
 LABELS = {
     "direct": "DCMTK storescu → storescp (direct)",
     "durable": "durable limit: direct + write/fsync of N",
     "router": "router (storescu → router → storescp)",
+    "router_nometrics": "router, metrics.enabled: false",
+    "direct_tls": "DCMTK storescu+tls → storescp+tls (direct)",
+    "router_tls": "router, TLS on both legs (DCMTK +tls peers)",
     "rules": "router, 50 rules + morph profile on the PACS",
     "orthanc": "Orthanc Lua SendToModality",
     "orthanc_del": "Orthanc Lua Delete(SendToModality)",
@@ -120,7 +133,9 @@ def count_files(directory: Path) -> int:
         return 0
 
 
-def storescu_cmd(port: int, called: str, files: Sequence[Path], calling: str = "STORESCU") -> list[str]:
+def storescu_cmd(
+    port: int, called: str, files: Sequence[Path], calling: str = "STORESCU", extra: Sequence[str] = ()
+) -> list[str]:
     # -R: propose only the SOP classes of the files; no -v: keep the sender's own cost minimal.
     return [
         dcmtk("storescu"),
@@ -128,6 +143,7 @@ def storescu_cmd(port: int, called: str, files: Sequence[Path], calling: str = "
         calling,
         "-aec",
         called,
+        *extra,
         "-R",
         "127.0.0.1",
         str(port),
@@ -310,17 +326,46 @@ class Context:
     routers: dict[str, Path] = field(default_factory=dict)  # scenario key → checkout the router runs from
     cpu: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # scenario → process → CPU-s
     notes: list[str] = field(default_factory=list)
+    pki: Path | None = None  # CA + certificates for the *_tls paths, made once per run
 
     @property
     def n(self) -> int:
         return len(self.files)
 
 
-def run_direct(ctx: Context, work: Path, rep: int) -> float:
-    scp = StoreSCP(work, "DIRECT", extra=ctx.scp_extra).start()
+def make_pki(directory: Path) -> Path:
+    """A CA and RSA certificates (the defaults `dicom-router tls init|issue` make) for router, PACS and sender."""
+    from appliance.router import tls_ca
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = tls_ca.make_ca("bench CA")
+    tls_ca.write_cert(directory / "ca.crt", ca.cert)
+    tls_ca.write_key(directory / "ca.key", ca.key)
+    for name in ("router", "pacs", "storescu"):
+        node = tls_ca.make_node(ca, name, ["localhost"], ["127.0.0.1"])
+        tls_ca.write_cert(directory / f"{name}.crt", node.cert)
+        tls_ca.write_key(directory / f"{name}.key", node.key)
+    return directory
+
+
+def dcmtk_tls_args(pki: Path, name: str) -> list[str]:
+    # +tls KEY CERT: authenticated TLS (DCMTK's default BCP 195 profile); +cf: the CA that signs the other end.
+    return ["+tls", str(pki / f"{name}.key"), str(pki / f"{name}.crt"), "+cf", str(pki / "ca.crt")]
+
+
+def _tls_pki(ctx: Context) -> Path:
+    if ctx.pki is None:
+        ctx.pki = make_pki(ctx.base / "pki")
+    return ctx.pki
+
+
+def run_direct(ctx: Context, work: Path, rep: int, tls: bool = False) -> float:
+    scp_tls = dcmtk_tls_args(_tls_pki(ctx), "pacs") if tls else []
+    scu_tls = dcmtk_tls_args(_tls_pki(ctx), "storescu") if tls else []
+    scp = StoreSCP(work, "DIRECT", extra=[*ctx.scp_extra, *scp_tls]).start()
     try:
         t = timed_send(
-            storescu_cmd(scp.port, "DIRECT", ctx.files),
+            storescu_cmd(scp.port, "DIRECT", ctx.files, extra=scu_tls),
             work / "storescu.log",
             lambda proc: proc.poll() is not None and count_files(scp.out_dir) >= ctx.n,
             ctx.timeout,
@@ -421,12 +466,23 @@ def make_router(ctx: Context, work: Path, scp: StoreSCP, key: str = "router") ->
         **ctx.dest_extra,
     }
     if key != "rules":
-        return Router(
+        router = Router(
             work,
             destinations={"PACS_MAIN": dest},
             sources={"STORESCU": "STORESCU"},
             router_extra=ctx.router_extra,
         )
+        # Metrics on (the default) on a port of its own, so a clash on 9104 cannot change the work measured;
+        # router_nometrics is the same router with the hot-path counters off (the ≤ 2% comparison).
+        router.config["metrics"] = {"enabled": False} if key == "router_nometrics" else {"port": peers.free_port()}
+        if key == "router_tls":
+            # TLS on both legs: the sender calls the TLS port (mutual authentication), the PACS is reached by TLS.
+            router.config["router"]["tls_dir"] = str(_tls_pki(ctx))
+            router.config["router"]["tls"] = {"port": peers.free_port()}
+            router.config["nodes"]["STORESCU"]["tls"] = {"enabled": True}
+            router.config["nodes"]["PACS_MAIN"]["tls"] = {"enabled": True}
+        router.write_config()
+        return router
     dest["morph"] = ["site-prefix"]
     router = Router(
         work,
@@ -452,8 +508,12 @@ def run_router(ctx: Context, work: Path, rep: int, key: str = "router") -> float
 
 
 def _run_router(ctx: Context, work: Path, rep: int, key: str) -> float:
-    scp = StoreSCP(work, "PACS", extra=ctx.scp_extra).start()
+    tls = key == "router_tls"
+    scp_tls = dcmtk_tls_args(_tls_pki(ctx), "pacs") if tls else []
+    scp = StoreSCP(work, "PACS", extra=[*ctx.scp_extra, *scp_tls]).start()
     router = make_router(ctx, work, scp, key).start()
+    port = router.config["router"]["tls"]["port"] if tls else router.port
+    scu_tls = dcmtk_tls_args(_tls_pki(ctx), "storescu") if tls else []
     profiler = ctx.profiler or Profiler(None)
     tag = key.replace(":", "-")
     try:
@@ -466,7 +526,7 @@ def _run_router(ctx: Context, work: Path, rep: int, key: str) -> float:
             cpu0.update({name: sum(p.cpu_times()[:2]) for name, p in procs.items()})
 
         t = timed_send(
-            storescu_cmd(router.port, router.ae_title, ctx.files),
+            storescu_cmd(port, router.ae_title, ctx.files, extra=scu_tls),
             work / "storescu.log",
             _router_done(router, scp, ctx.n),
             ctx.timeout,
@@ -535,6 +595,7 @@ def run_orthanc_del(ctx: Context, work: Path, rep: int) -> float:
 
 RUNNERS: dict[str, Callable[[Context, Path, int], float]] = {
     "direct": run_direct,
+    "direct_tls": lambda ctx, work, rep: run_direct(ctx, work, rep, tls=True),
     "fsync": run_fsync,
     "router": run_router,
     "orthanc": run_orthanc,
@@ -621,7 +682,7 @@ def relay_mode(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     )
     base_t = med.get("direct", float("nan"))
     router_keys = [s for s in scenarios if s.startswith("router") or s == "rules"]
-    rows = [s for s in ("direct", "durable", *router_keys, "orthanc", "orthanc_del") if s in med]
+    rows = [s for s in ("direct", "direct_tls", "durable", *router_keys, "orthanc", "orthanc_del") if s in med]
     print(f"  {'path':<44} {'median s':>9} {'min s':>8} {'max s':>8} {'ms/obj':>7} {'direct÷path':>12}")
     for s in rows:
         vals = durable if s == "durable" else times[s]
@@ -651,6 +712,21 @@ def relay_mode(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         print()
         print("Routing rules and morphing on the hot path (target: within 5% of the plain relay, ratio ≥ 0.95)")
         print(f"  {'router with 50 rules + morph / plain router':<46} {med['router'] / med['rules']:6.2f}")
+    if "router" in med and "router_tls" in med and med["router_tls"] == med["router_tls"]:
+        print()
+        print("DICOM TLS on both legs (target: TLS relay ≥ 0.7 × the plain relay's throughput)")
+        print(f"  {'router with TLS / plain router':<46} {med['router'] / med['router_tls']:6.2f}")
+        if "direct" in med and "direct_tls" in med:
+            print(f"  {'(DCMTK alone: direct TLS / direct plain)':<46} {med['direct'] / med['direct_tls']:6.2f}")
+    if "router" in med and "router_nometrics" in med and med["router"] == med["router"]:
+        print()
+        print("Metrics on the hot path (target: within 2% of the relay without them, ratio ≥ 0.98)")
+        print(f"  {'router with metrics / router without':<46} {med['router_nometrics'] / med['router']:6.2f}")
+        cpu_on, cpu_off = ctx.cpu.get("router", {}), ctx.cpu.get("router_nometrics", {})
+        for name in sorted(set(cpu_on) & set(cpu_off)):
+            on, off = statistics.median(cpu_on[name]), statistics.median(cpu_off[name])
+            extra = (on - off) / ctx.n * 1e6
+            print(f"  {name + ' CPU with ÷ without metrics':<46} {on / off:6.3f}  ({extra:+.0f} µs/object)")
     if ctx.cpu:
         print()
         print(f"Router CPU while relaying (user+system seconds, median; {os.cpu_count()} cores)")

@@ -10,7 +10,10 @@ from typing import Any
 
 from tests.support.peers import Router, dest_node, free_port, wait_until
 
-JOBS = {"spool-retention", "orphan-sweep", "disk-watermark", "circuit-probe", "expiry-check"}
+JOBS = {
+    "spool-retention", "orphan-sweep", "disk-watermark", "circuit-probe", "expiry-check", "alerts", "audit-verify",
+    "metrics-endpoint",
+}  # fmt: skip
 
 
 def scheduler_state(router: Router) -> tuple[dict[str, Any], dict[str, Any]]:

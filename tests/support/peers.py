@@ -260,6 +260,9 @@ class Router:
             "router": router,
             "nodes": nodes,
             "routes": routes if routes is not None else [{"name": "all", "to": list(destinations)}],
+            # Each test router's Prometheus endpoint on a port of its own: routers running side by side (and a
+            # real router on this machine) would otherwise all want 9104.
+            "metrics": {"port": free_port()},
         }
         self.config_path = workdir / "router.yaml"
         self.write_config()

@@ -22,6 +22,7 @@ from appliance.tui.app import ConsoleApp
 from appliance.tui.backend import Backend, BackendError
 from appliance.tui.screens.dashboard import DashboardScreen
 from appliance.tui.widgets import MessageScreen, ReasonScreen
+from tests.tui.fixtures_config import wait_for
 from tests.tui.fixtures_dashboard import NOW, State, build_outage, freeze_host, write_config
 
 Settle = Callable[[Pilot[Any]], Awaitable[None]]
@@ -280,7 +281,8 @@ def test_pause_and_resume_ask_why_and_are_audited_under_the_operator(outage: Sta
             finally:
                 store.close()
             table = app.screen.query_one("#destinations", DataTable)
-            assert str(table.get_row_at(1)[6]) == "PAUSED"
+            # The refresh the action triggers starts when it returns: under load, after the settle above.
+            await wait_for(pilot, lambda: str(table.get_row_at(1)[6]) == "PAUSED", "the table to show PAUSED")
             assert any("ARCHIVE paused" in str(n.message) for n in app._notifications)
 
             await pilot.press("p")

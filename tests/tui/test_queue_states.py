@@ -18,7 +18,7 @@ from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Select, Static
 
-from appliance.router.store import InstanceFacts, NewJob, Store
+from appliance.router.store import AWAITING_COMMITMENT, InstanceFacts, JobState, NewJob, Store
 from appliance.tui.backend import Backend, JobQuery
 from appliance.tui.screens.job import JobScreen
 from appliance.tui.screens.queue import STATE_OPTIONS, QueueScreen
@@ -124,13 +124,16 @@ def test_the_store_made_the_states_these_tests_are_about(queue: tuple[Path, Jobs
 
 # -- words --------------------------------------------------------------------------------------------------------
 def test_every_state_is_offered_in_the_filter_and_not_done_includes_waiting() -> None:
-    assert set(STATES) == {"queued", "waiting", "sending", "failed", "held", "skipped", "done", "cancelled"}
+    assert set(STATES) == {s.value for s in JobState}  # every state the store knows, committed included
     assert ("not done (queued, waiting, failed, held)", "queued,waiting,failed,held") in STATE_OPTIONS
-    assert ACTIONS["retry"].applies_to == "failed, queued or skipped"  # as Store.retry/hold/cancel take them
+    assert ("sent, awaiting commitment", AWAITING_COMMITMENT) in STATE_OPTIONS
+    # as Store.retry/hold/cancel take them
+    assert ACTIONS["retry"].applies_to == "failed, queued, skipped or sent-awaiting-commitment"
     assert ACTIONS["hold"].applies_to == "queued, waiting or failed"
     assert ACTIONS["cancel"].applies_to == "queued, waiting, held or failed"
     body = confirm_body(ACTIONS["retry"], Target.for_ids([7]))
-    assert "a skipped duplicate is sent anyway" in body and "Only failed, queued or skipped jobs change" in body
+    assert "a skipped duplicate is sent anyway" in body
+    assert "Only failed, queued, skipped or sent-awaiting-commitment jobs change" in body
 
 
 def test_advice_for_the_new_states() -> None:

@@ -28,7 +28,8 @@ def test_audit_log_recreated_when_deleted(tmp_path):
     path.unlink()
     audit.record("second")
     audit.close()
-    assert [e["event"] for e in read_entries(path)] == ["second"]
+    # A deleted (not renamed) audit log is a break in the chain: recorded first, then the entry.
+    assert [e["event"] for e in read_entries(path)] == ["audit_chain_broken", "second"]
 
 
 def test_service_log_follows_a_rename(tmp_path):

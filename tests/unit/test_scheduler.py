@@ -297,7 +297,10 @@ def test_a_damaged_certificate_file_is_a_warning(cfg: RouterConfig, tmp_path: Pa
 
 
 # -- the nightly backup's timing -------------------------------------------------------------------
-ALWAYS = ("spool-retention", "orphan-sweep", "disk-watermark", "circuit-probe", "expiry-check")
+ALWAYS = (
+    "spool-retention", "orphan-sweep", "disk-watermark", "circuit-probe", "expiry-check", "alerts", "audit-verify",
+    "metrics-endpoint",
+)  # fmt: skip
 BACKUP_BLOCK = "backup:\n  schedule: '02:30'\n  passphrase_file: /nonexistent/passphrase\n"
 
 
@@ -424,3 +427,28 @@ def test_a_reload_re_times_the_backup_and_drops_it_when_unscheduled(tmp_path: Pa
         assert proc.sched.get_job("backup") is None and "backup" not in proc.book.records
     finally:
         proc.sched.shutdown(wait=False)
+
+
+# -- the nightly audit-trail check ------------------------------------------------------------------
+def test_audit_verify_job_finds_an_edit_inside_the_file_and_checks_across_the_last_rotation(tmp_path: Path) -> None:
+    from appliance.router.audit import AuditLog
+
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path, "test")
+    for i in range(3):
+        audit.record("forward", job=i)
+    os.rename(path, tmp_path / "audit.jsonl-20261127")  # logrotate
+    for i in range(3, 6):
+        audit.record("forward", job=i)
+    audit.close()
+    out = jobs.verify_audit_trail(path)
+    assert out.alerts == [] and out.result == "chain intact (6 entries in 2 file(s) checked)"
+
+    lines = path.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace('"job":4', '"job":40')  # an edit no writer will meet (not the last line)
+    path.write_text("".join(lines))
+    out = jobs.verify_audit_trail(path)
+    (alert,) = out.alerts
+    assert alert.level == "error" and out.result.startswith("chain BROKEN")
+    assert "audit.jsonl line 2" in alert.message and "EDITED" in alert.message, alert.message
+    assert "dicom-router audit verify" in alert.message

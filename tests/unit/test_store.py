@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance.router.store import (
+    SCHEMA_VERSION,
     InstanceFacts,
     Job,
     JobFilter,
@@ -806,7 +807,7 @@ def test_init_upgrades_a_schema_1_queue_in_place(db_path: Path) -> None:
     assert s.get_job(new.job_ids[0]).morph == ("strip",)  # type: ignore[union-attr]
     assert s.study_counts()["open"] == 1 and s.map_uid("study", "1.2.3")
     check = sqlite3.connect(db_path)
-    assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     indexes = {r[0] for r in check.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"instances_sop", "instances_late", "instances_conflict", "studies_state", "series_state"} <= indexes
     check.close()

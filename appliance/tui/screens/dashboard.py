@@ -36,7 +36,9 @@ Failed: refused for good, waiting for you. Fail/1h: failed attempts in the last 
 Circuit OPEN: unreachable; sending is paused, the router keeps probing it and resumes by itself. \
 Paused: an operator paused it.
 • Below: objects delivered per minute over the last 30 minutes, the spool disk, the clock (NTP), the config \
-version, the certificates.
+version, the certificates (with TLS: the router's own certificate and its days left). Only when there is \
+something to say: Commit (destinations asked for storage commitment: committed, awaiting a report) and Alerts \
+(how many are active, where they are delivered, a channel whose delivery fails).
 
 KEYS
 • ↑ ↓ choose a destination.
@@ -55,6 +57,15 @@ destination does not accept that kind of image), then Enter and retry them in th
 • The spool disk is filling. A destination that is down keeps objects on disk: fix that destination first. \
 At the reserve, senders are refused ("out of resources") until space returns. Do not delete files by hand.
 • A service is NOT RUNNING: `systemctl status dicom-router` and `journalctl -u dicom-router -n 100`.
+• "no storage commitment report": the destination got the objects but has not confirmed it keeps them. \
+Check its storage commitment log and that it can call the router back; then in the queue filter the \
+destination and state "sent, awaiting commitment", A, r: they are sent again and confirmation asked again.
+• "did not commit": the destination said it does NOT keep some objects. Check there why, then retry them.
+• "TLS listener": the router's certificate or key does not load, so TLS senders are refused (never served \
+plain instead). The message names the file; see docs/tls.md (`dicom-router tls show`, `tls rotate`).
+• "audit trail broken": the audit log was edited or damaged. Nothing stops, but someone must find out why: \
+`dicom-router audit verify`, docs/audit.md, then `dicom-router audit acknowledge`.
+• "metrics port … in use" or "alert delivery … failing": monitoring or alerting is blind; images still flow.
 • To escalate: x on the destination, then attach the file it names to the ticket.
 """
 
@@ -187,6 +198,8 @@ class DashboardScreen(ConsoleScreen):
         lines.append(_clock_line(data.clock))
         lines.append(_config_line(s.get("config")))
         lines.append(_cert_line(s["scheduler"], data))
+        lines += _commitment_lines(s["destinations"])
+        lines += _alert_lines(s.get("alerts"))
         return "\n".join(lines)
 
     # -- actions ---------------------------------------------------------------------------------------
@@ -338,11 +351,66 @@ def _config_line(conf: dict[str, Any] | None) -> str:
 
 
 def _cert_line(sched: dict[str, Any], data: Dashboard) -> str:
+    own = _own_cert(data.status.get("tls"), sched)
     certs = [p for p in data.problems if p.startswith("certificate") or p.startswith("cannot read certificate")]
     if certs:
         style = "$error" if any("EXPIRED" in p for p in certs) else "$warning"
-        return f"Certs     [{style}]{len(certs)} certificate problem(s), see Problems above[/]"
+        return f"Certs     {own}[{style}]{len(certs)} certificate problem(s), see Problems above[/]"
     job = next((j for j in sched.get("jobs", []) if j.get("name") == "expiry-check"), None)
     if job is None or not job.get("last_result"):
-        return "Certs     [dim]not checked yet (the scheduler checks them hourly)[/]"
-    return f"Certs     [$success]{escape(job['last_result'])}[/]"
+        return f"Certs     {own}[dim]not checked yet (the scheduler checks them hourly)[/]"
+    return f"Certs     {own}[$success]{escape(job['last_result'])}[/]"
+
+
+CERT_WARN_DAYS = 30  # the expiry check's own horizon (alerts.thresholds.cert_expiry_days by default)
+
+
+def _own_cert(tls: dict[str, Any] | None, sched: dict[str, Any]) -> str:
+    """'TLS port 2762: router certificate ra1, 812 days left · ' (empty when the router serves no TLS)."""
+    if not tls:
+        return ""
+    where = f"TLS port {tls['port']}" + ("" if tls.get("plain", True) else " only")
+    if not tls.get("ok"):
+        return f"[$error b]{where}: certificate NOT LOADED, see Problems[/] · "
+    days = float(tls["days_left"])
+    style = "$error b" if days < 7 else "$warning" if days < CERT_WARN_DAYS else "$success"
+    subject = escape(str(tls.get("subject") or "router"))
+    return f"{where}: [{style}]router certificate {subject}, {int(days)} days left[/] · "
+
+
+def _commitment_lines(destinations: list[dict[str, Any]]) -> list[str]:
+    """Storage commitment per destination that asks for it: committed, awaiting a report, the oldest's age."""
+    parts = []
+    for d in destinations:
+        cm = d.get("commitment")
+        if not cm:
+            continue
+        text = f"{escape(d['name'])} {cm['committed']} committed, {cm['awaiting']} awaiting a report"
+        oldest = cm.get("oldest_age_seconds")
+        if cm["awaiting"] and oldest is not None:
+            deadline = cm.get("deadline_minutes")
+            late = deadline is not None and oldest > deadline * 60
+            style = "$warning b" if late else "dim"
+            text += (
+                f" [{style}](oldest {short_age(oldest)}" + (f", deadline {deadline:g} min" if deadline else "") + ")[/]"
+            )
+        parts.append(text)
+    return [f"Commit    {' · '.join(parts)}"] if parts else []
+
+
+def _alert_lines(alerts: dict[str, Any] | None) -> list[str]:
+    """Active alerts and their delivery, only when there is something to say (Problems lists each alert)."""
+    if not alerts:
+        return []
+    active = alerts.get("active") or []
+    failing = {n: c for n, c in (alerts.get("channels") or {}).items() if c.get("failing_since")}
+    if not active and not failing:
+        return []
+    errors = sum(1 for a in active if a.get("level") == "error")
+    channels = ", ".join(sorted(alerts.get("channels") or {})) or "no channel"
+    count = f"{len(active)} active" + (f" ([$error b]{errors} error[/])" if errors else "")
+    line = f"Alerts    {count}, delivered by {escape(channels)}"
+    for name, ch in sorted(failing.items()):
+        why = escape(str(ch.get("last_error")))
+        line += f" · [$error b]{escape(name)} delivery FAILING[/] ({ch.get('waiting', 0)} waiting): {why}"
+    return [line]

@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Header, Static
 
-from ..backend import BackendError
+from ..backend import DEFAULT_COMMIT_DEADLINE, BackendError
 from ..widgets import ConfirmScreen, ConsoleScreen, MessageScreen, ReasonScreen
 from .config_common import apply_outcome, plain, styled
 from .keybar import KeyBar
@@ -50,7 +50,8 @@ KEYS
   t        C-ECHO the highlighted node (as the router's own AE title, like the forwarder does)
   T        C-ECHO every node at once
   a        add a node
-  e/Enter  edit the highlighted node (AE title, address, role, associations, environment production/test)
+  e/Enter  edit the highlighted node (AE title, address, role, associations, environment production/test,
+           DICOM TLS and its peer name, storage commitment and its deadline)
   x        remove the highlighted node (refused while a route still sends to it)
   f5       reload the list from the live config
 
@@ -150,7 +151,7 @@ class EndpointsScreen(ConsoleScreen):
             table.add_row(
                 name,
                 Text(n.ae_title),
-                Text(f"{n.host}:{n.port}"),
+                Text(f"{n.host}:{n.port}" + (" TLS" if n.tls.enabled else "")),
                 Text(n.role),
                 Text(str(n.max_associations) if n.is_destination else "-"),  # only outbound associations
                 self._echo_cell(row.name),
@@ -199,6 +200,9 @@ class EndpointsScreen(ConsoleScreen):
         text.append(f"used by route(s): {', '.join(row.routes)}" if row.routes else "used by no route")
         if n.morph:  # edited in the config file (a clinical-data change: reviewed, not typed at 3 a.m.)
             text.append(f"; everything sent to it is morphed by: {', '.join(n.morph)}")
+        trust = _trust_words(n)
+        if trust:
+            text.append(f"\n{trust}")
         echo = self.echoes.get(row.name)
         text.append("\n")
         if echo is None:
@@ -295,8 +299,11 @@ class EndpointsScreen(ConsoleScreen):
             self.app.bell()
             return
         n = row.node
+        deadline = n.commitment.deadline_minutes
         draft = NodeDraft(
             row.name, n.ae_title, n.host, str(n.port), n.role, str(n.max_associations), n.environment,
+            tls_enabled=n.tls.enabled, tls_peer_name=n.tls.peer_name or "", commitment_enabled=n.commitment.enabled,
+            commitment_deadline="" if deadline == DEFAULT_COMMIT_DEADLINE else f"{deadline:g}",
             editing=row.name, routes=tuple(row.routes),
         )  # fmt: skip
         self.app.push_screen(NodeFormScreen(draft), self._saved)
@@ -348,3 +355,15 @@ class EndpointsScreen(ConsoleScreen):
 
         self.run_backend(f"Removing {name}", lambda: self.backend.remove_node(name, reason, ticket), removed,
                          on_error=refused)  # fmt: skip
+
+
+def _trust_words(n: Node) -> str:
+    """'DICOM over TLS (certificate must name pacs.example) · storage commitment (warning after 60 min)'."""
+    parts = []
+    if n.tls.enabled:
+        name = n.tls.peer_name or (n.host if n.is_destination else None)
+        who = f", its certificate must name {name}" if name else ""
+        parts.append(f"DICOM over TLS{who}" + ("" if n.is_destination or n.tls.peer_name else " (TLS port only)"))
+    if n.commitment.enabled:
+        parts.append(f"storage commitment: a warning when no report after {n.commitment.deadline_minutes:g} min")
+    return " · ".join(parts)

@@ -18,7 +18,7 @@ from ..backend import JobDetail
 from ..widgets import theme_style
 from .keybar import KeyBar
 from .queue_actions import JobActionsScreen
-from .queue_model import Target, advice, cause, fmt_duration
+from .queue_model import SENT, Target, advice, cause, fmt_duration, shown_state
 
 EVENT_WORDS = {
     "delivered": "delivered",
@@ -40,6 +40,9 @@ EVENT_WORDS = {
     "series_complete": "series complete",
     "late_arrival": "late arrival",
     "not_waiting": "sent at once",
+    "commitment_requested": "commitment asked",
+    "committed": "COMMITTED",
+    "commitment_failed": "COMMITMENT FAILED",
 }
 EVENT_STYLE = {
     "delivered": "success",
@@ -48,8 +51,17 @@ EVENT_STYLE = {
     "uid_conflict": "error",
     "route_hold": "warning",
     "late_arrival": "warning",
+    "committed": "success",
+    "commitment_failed": "error",
 }
-STATE_STYLE = {"failed": "error", "held": "warning", "done": "success", "waiting": "primary"}
+STATE_STYLE = {
+    "failed": "error",
+    "held": "warning",
+    "done": "success",
+    "committed": "success",
+    "waiting": "primary",
+    "sent": "primary",
+}
 
 HELP = """\
 WHAT YOU SEE
@@ -71,7 +83,13 @@ READING THE ERRORS
     Endpoints, echo the node, then retry (r).
   "does not accept SOP class … / no presentation context": the destination does not take this kind of
     image; enable it there, or re-route (o) to a destination that does.
-  0xA7xx "out of resources": the destination's disk is full; it is retried by itself."""
+  0xA7xx "out of resources": the destination's disk is full; it is retried by itself.
+  "storage commitment FAILED": the destination reported it does not keep the object (the Failure Reason
+    says why); check on the destination, then retry (r) sends it again and asks for commitment again.
+
+STORAGE COMMITMENT
+  SENT, AWAITING STORAGE COMMITMENT: delivered; the destination has not yet confirmed it keeps the object.
+  COMMITTED: it confirmed. The history shows each request (its transaction) and the report."""
 
 
 def _ts(t: float | None) -> str:
@@ -129,10 +147,12 @@ class JobScreen(JobActionsScreen):
         self.detail = detail = data
         j = detail.job
         now = self.backend.clock()
-        state_style = STATE_STYLE.get(j.state)
+        state = shown_state(j.state, j.awaiting_commit)
+        state_style = STATE_STYLE.get(state)
         head = Text()
         head.append(f"Job {j.id}  ", style="bold")
-        head.append(j.state.upper(), style=theme_style(self.app, state_style, bold=True) if state_style else "bold")
+        label = "SENT, AWAITING STORAGE COMMITMENT" if state == SENT else state.upper()
+        head.append(label, style=theme_style(self.app, state_style, bold=True) if state_style else "bold")
         head.append(f"  → {j.destination}  (route {j.route or '-'}, priority {j.priority})")
         grid = Table.grid(padding=(0, 1))
         grid.add_column(no_wrap=True)
@@ -147,7 +167,14 @@ class JobScreen(JobActionsScreen):
         how = [f"when its {j.wait_for} is complete" if j.wait_for else "",
                f"morph: {', '.join(j.morph)}" if j.morph else "",
                "no transcoding" if j.transcode == "never" else ""]  # fmt: skip
-        why = advice(j.state, j.last_error, why=cause(detail.events), destination=j.destination, wait_for=j.wait_for)
+        why = advice(
+            j.state,
+            j.last_error,
+            why=cause(detail.events),
+            destination=j.destination,
+            wait_for=j.wait_for,
+            awaiting_commit=j.awaiting_commit,
+        )
         for label, value in (
             ("study", f"{j.study_uid or '-'}   accession {j.accession or '-'}   modality {j.modality or '-'}"),
             ("object", f"{j.sop_instance_uid}  ({j.size_bytes:,} bytes)"),
@@ -183,11 +210,13 @@ class JobScreen(JobActionsScreen):
             words = EVENT_WORDS.get(e["event"], e["event"])
             text = e["detail"] or ""
             if e["status"] is not None:
-                text = (
-                    f"{self.backend.describe_status(e['status'])} — {text}"
-                    if text
-                    else self.backend.describe_status(e["status"])
+                code = e["status"]
+                status = (
+                    self.backend.describe_failure_reason(code)
+                    if e["event"] == "commitment_failed"
+                    else self.backend.describe_status(code)
                 )
+                text = f"{status} — {text}" if text else status
             table.add_row(
                 _ts(e["at"]),
                 Text(words, style=theme_style(self.app, style) if style else ""),

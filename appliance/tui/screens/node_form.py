@@ -1,6 +1,10 @@
 """Add or edit one DICOM node. Every keystroke is checked against the same rules `config apply` uses
 (Backend.validate_node, in a thread: it reads the live config); the problem shows under its field and Save
-stays disabled until the node is valid. Saving asks why, then goes through `config apply` (source console)."""
+stays disabled until the node is valid. Saving asks why, then goes through `config apply` (source console).
+
+Below the address: DICOM TLS (on/off, the name the peer's certificate must carry) and storage commitment
+(on/off, minutes without a report before a warning). The node's other TLS and commitment settings (CA bundle,
+mutual authentication, wait_seconds) are kept as the file has them."""
 
 from __future__ import annotations
 
@@ -28,7 +32,15 @@ ENVIRONMENTS = [
     ("production — real patients", "production"),
     ("test — test data only, never mixed with production", "test"),
 ]
-SELECTS = ("role", "environment")
+TLS_CHOICES = [
+    ("off — plain DICOM", False),
+    ("on — DICOM over TLS (certificates: docs/tls.md)", True),
+]
+COMMITMENT_CHOICES = [
+    ("off — sent is done", False),
+    ("on — ask it to confirm it stored each object", True),
+]
+SELECTS = ("role", "environment", "tls_enabled", "commitment_enabled")
 
 # Field id → (label, hint shown when it is empty or not a number)
 FIELDS = {
@@ -37,6 +49,11 @@ FIELDS = {
     "host": ("Host", "required: IP address or DNS name"),
     "port": ("Port", "a port number 1-65535 (DICOM is usually 104 or 11112)"),
     "max_associations": ("Max associations", "a number 1-32 (empty = 2): parallel connections to this node"),
+}
+# Inputs below the TLS and commitment switches: field id → (label, hint).
+TRUST_FIELDS = {
+    "tls_peer_name": ("TLS peer name", "certificate name; empty = its host"),
+    "commitment_deadline": ("Commit deadline", "minutes until a warning; empty = 60"),
 }
 
 
@@ -51,6 +68,10 @@ class NodeDraft:
     role: str = "destination"
     max_associations: str = ""
     environment: str = "production"
+    tls_enabled: bool = False
+    tls_peer_name: str = ""
+    commitment_enabled: bool = False
+    commitment_deadline: str = ""  # empty: the default (60 minutes)
     editing: str | None = None  # the node's current name when editing
     routes: tuple[str, ...] = ()  # routes that use it (renaming would break them)
 
@@ -102,6 +123,10 @@ class NodeFormScreen(ModalScreen[str | None]):
                     yield Select(ENVIRONMENTS, value=d.environment or "production", allow_blank=False,
                                  id="environment", compact=True)  # fmt: skip
                 yield Label("", id="problem-environment", classes="field-problem -empty")
+                yield from self._switch("TLS", "tls_enabled", TLS_CHOICES, d.tls_enabled)
+                yield from self._input("tls_peer_name", d.tls_peer_name)
+                yield from self._switch("Commitment", "commitment_enabled", COMMITMENT_CHOICES, d.commitment_enabled)
+                yield from self._input("commitment_deadline", d.commitment_deadline)
                 yield Static(
                     "Save asks why, then goes through `config apply`: into the config history under your name; "
                     "the router reloads.",
@@ -112,13 +137,29 @@ class NodeFormScreen(ModalScreen[str | None]):
                 yield Button("Save (ctrl+s)", id="save", variant="primary", disabled=True, compact=True)
                 yield Button("Cancel (Esc)", id="cancel", compact=True)
 
+    @staticmethod
+    def _switch(label: str, key: str, choices: list[tuple[str, bool]], value: bool) -> ComposeResult:
+        with Horizontal(classes="field-row"):
+            yield Label(label)
+            yield Select(choices, value=value, allow_blank=False, id=key, compact=True)
+        yield Label("", id=f"problem-{key}", classes="field-problem -empty")
+
+    @staticmethod
+    def _input(key: str, value: str) -> ComposeResult:
+        label, hint = TRUST_FIELDS[key]
+        with Horizontal(classes="field-row"):
+            yield Label(label)
+            yield Input(value=value, id=key, placeholder=hint, compact=True)
+        yield Label("", id=f"problem-{key}", classes="field-problem -empty")
+
     def on_mount(self) -> None:
         self.query_one("#name" if not self.draft.editing else "#ae_title", Input).focus()
         self._validate()
 
     # -- validation as you type --------------------------------------------------------------------
     def values(self) -> tuple[str, dict[str, Any]]:
-        fields: dict[str, Any] = {k: self.query_one(f"#{k}", Input).value.strip() for k in FIELDS if k != "name"}
+        inputs = [k for k in (*FIELDS, *TRUST_FIELDS) if k != "name"]
+        fields: dict[str, Any] = {k: self.query_one(f"#{k}", Input).value.strip() for k in inputs}
         for key in SELECTS:
             fields[key] = self.query_one(f"#{key}", Select).value
         return self.query_one("#name", Input).value.strip(), fields
@@ -149,10 +190,13 @@ class NodeFormScreen(ModalScreen[str | None]):
     def _show_problems(self, problems: dict[str, str]) -> None:
         self.problems = problems
         shown = set()
-        for key in (*FIELDS, *SELECTS):
+        hints = {key: hint for key, (_, hint) in (*FIELDS.items(), *TRUST_FIELDS.items())}
+        for key in (*FIELDS, *SELECTS, *TRUST_FIELDS):
             msg = problems.get(key, "")
-            if msg == "Field required" or msg.startswith("Input should be a valid integer"):
-                msg = FIELDS[key][1] if key in FIELDS else "choose a role"
+            if msg == "Field required" or msg.startswith(
+                ("Input should be a valid integer", "Input should be a valid number")
+            ):
+                msg = hints.get(key, "choose a role")
             self._set_problem(key, msg)
             shown.add(key)
         self._set_problem("node", "\n".join(f"{k}: {v}" for k, v in problems.items() if k not in shown))
@@ -186,7 +230,7 @@ class NodeFormScreen(ModalScreen[str | None]):
         test = ", TEST environment" if fields["environment"] == "test" else ""
         body = (
             f"{what} node {name}{rename}: {fields['ae_title']}@{fields['host']}:{fields['port']}, {fields['role']}"
-            f"{test}.\n"
+            f"{test}{_trust_words(fields)}.\n"
             "Why? The reason and ticket go into the config history and the audit trail."
         )
 
@@ -216,3 +260,15 @@ class NodeFormScreen(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+def _trust_words(fields: dict[str, Any]) -> str:
+    """', TLS (peer name pacs.example), storage commitment (warning after 90 min)' for the save dialog."""
+    words = ""
+    if fields.get("tls_enabled"):
+        peer = fields.get("tls_peer_name")
+        words += f", TLS (peer name {peer})" if peer else ", TLS"
+    if fields.get("commitment_enabled"):
+        deadline = fields.get("commitment_deadline")
+        words += f", storage commitment (warning after {deadline} min)" if deadline else ", storage commitment"
+    return words

@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Header, Input, Select, Static
 
-from ..backend import PAGE_SIZE, JobQuery, Page
+from ..backend import AWAITING_COMMITMENT, PAGE_SIZE, JobQuery, Page
 from ..widgets import theme_style
 from .keybar import KeyBar
 from .queue_actions import JobActionsScreen
@@ -32,6 +32,7 @@ from .queue_model import (
     jobs_word,
     parse_age,
     short_error,
+    shown_state,
 )
 
 JOB_COLUMNS: tuple[tuple[str, int | None], ...] = (
@@ -59,12 +60,17 @@ STATE_STYLE = {
     "failed": "error",
     "held": "warning",
     "done": "success",
+    "committed": "success",
+    "sent": "primary",
     "sending": "accent",
     "waiting": "primary",
     "cancelled": "secondary",
     "skipped": "secondary",
 }
-STATE_OPTIONS = [(s, s) for s in STATES] + [(f"not done ({', '.join(NOT_DONE)})", ",".join(NOT_DONE))]
+STATE_OPTIONS = [(s, s) for s in STATES] + [
+    (f"not done ({', '.join(NOT_DONE)})", ",".join(NOT_DONE)),
+    ("sent, awaiting commitment", AWAITING_COMMITMENT),
+]
 MARK = "*"
 WIDE = 110  # narrower than this (80×24 on tty1): fewer columns
 
@@ -84,6 +90,11 @@ STATES
            check patient and study identifiers of both with the sender BEFORE releasing
   skipped  an identical object already went (or is going) there: not sent twice (r sends it anyway)
   sending  being sent now         done  delivered         cancelled  will never be sent
+  sent     delivered to a destination that confirms by storage commitment; its report has not come yet
+           (filter: "sent, awaiting commitment"). No report by the deadline: the dashboard warns
+  committed  the destination confirmed (storage commitment) that it keeps the object
+  A failed job whose error says "storage commitment FAILED": the destination says it does NOT keep the
+           object; check there why, then r sends it again (and asks again)
 
 KEYS
   /        filter (Tab between fields, Enter applies; age like 30m, 2h, 7d)    Esc  clear the filter
@@ -289,11 +300,12 @@ class QueueScreen(JobActionsScreen):
         return MARK if self.all_mode or ident in self.selected else " "
 
     def _job_cells(self, j: Any, now: float) -> dict[str, Any]:
-        style = theme_style(self.app, STATE_STYLE[j.state], bold=j.state == "failed") if j.state in STATE_STYLE else ""
+        state = shown_state(j.state, j.awaiting_commit)
+        style = theme_style(self.app, STATE_STYLE[state], bold=state == "failed") if state in STATE_STYLE else ""
         return {
             "": self._mark(j.id),
             "Job": Text(str(j.id), justify="right"),
-            "State": Text(j.state, style=style),
+            "State": Text(state, style=style),
             "Destination": j.destination,
             "Tries": Text(str(j.attempts), justify="right"),
             "Mod": j.modality or "-",
@@ -352,16 +364,25 @@ class QueueScreen(JobActionsScreen):
             )
         else:
             error = short_error(row.last_error)
-            if row.last_status is not None and "0x" not in error:
+            # The status with its meaning, when there is an error to explain (a delivered job's Success is none).
+            if row.last_status is not None and (error or row.state == "failed") and "0x" not in error:
                 error = f"{self.backend.describe_status(row.last_status)} {error}"
             if error:
                 more = f"\nlast error: {error}"
-            elif row.state in ("waiting", "skipped", "held"):  # no error to read: say what the state means
-                more = "\n" + advice(row.state, None, destination=row.destination, wait_for=row.wait_for)
+            elif row.state in ("waiting", "skipped", "held", "committed") or row.awaiting_commit:
+                # no error to read: say what the state means
+                more = "\n" + advice(
+                    row.state,
+                    None,
+                    destination=row.destination,
+                    wait_for=row.wait_for,
+                    awaiting_commit=row.awaiting_commit,
+                )
             else:
                 more = ""
             current.update(
-                f"job {row.id} {row.state}, {row.attempts} tries → {row.destination} · {row.modality or '?'} from "
+                f"job {row.id} {shown_state(row.state, row.awaiting_commit)}, {row.attempts} tries → "
+                f"{row.destination} · {row.modality or '?'} from "
                 f"{row.calling_ae or '?'} · {row.accession or '-'}" + more
             )
 

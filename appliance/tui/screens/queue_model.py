@@ -7,10 +7,11 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from appliance.tui.backend import JobQuery
+from appliance.tui.backend import AWAITING_COMMITMENT, JobQuery
 
-STATES = ("queued", "waiting", "sending", "failed", "held", "skipped", "done", "cancelled")
+STATES = ("queued", "waiting", "sending", "failed", "held", "skipped", "done", "committed", "cancelled")
 NOT_DONE = ("queued", "waiting", "failed", "held")  # what still needs to go somewhere (or someone)
+SENT = "sent"  # how the queue shows a DONE job still awaiting its storage commitment report (not a state)
 _UNITS = {"": 60, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -49,13 +50,19 @@ def short_error(error: str | None) -> str:
     return _DEST_PREFIX.sub("", (error or "").replace("\n", " "), count=1)
 
 
+def shown_state(state: str, awaiting_commit: bool) -> str:
+    """The State column: 'sent' for a job delivered but not yet confirmed by storage commitment."""
+    return SENT if state == "done" and awaiting_commit else state
+
+
 def describe_query(q: JobQuery) -> str:
     """'destination PACS_MAIN, state failed' — the filter in words (for dialogs and the summary line)."""
     parts: list[str] = []
     if q.destination:
         parts.append(f"destination {q.destination}")
     if q.states:
-        parts.append(f"state {' or '.join(q.states)}")
+        words = ["sent, awaiting commitment" if s == AWAITING_COMMITMENT else s for s in q.states]
+        parts.append(f"state {' or '.join(words)}")
     if q.accession:
         parts.append(f"accession {q.accession}")
     if q.patient_id:
@@ -115,8 +122,9 @@ ACTIONS = {
     "retry": Action(
         "r",
         "Retry",
-        "send again now, with a fresh attempt budget (a skipped duplicate is sent anyway)",
-        "failed, queued or skipped",
+        "send again now, with a fresh attempt budget (a skipped duplicate is sent anyway; a sent one awaiting "
+        "its storage commitment report is sent again and commitment asked again)",
+        "failed, queued, skipped or sent-awaiting-commitment",
     ),
     "hold": Action("h", "Hold", "stop sending until released (nothing is deleted)", "queued, waiting or failed"),
     "release": Action("s", "Release", "let held jobs be sent again", "held"),
@@ -163,6 +171,9 @@ def confirm_body(action: Action, target: Target) -> str:
 
 
 _ADVICE = (
+    ("storage commitment FAILED", "the destination reported it does NOT keep this object (its error gives the "
+     "Failure Reason): check on the destination why (disk, its storage commitment log), then r sends it again "
+     "and asks again; or o re-routes it, x cancels it"),
     ("called AE title not recognised", "the AE title in our config does not match the destination's: correct it "
      "(Endpoints) or on the destination, echo it, then r to retry"),
     ("calling AE title not recognised", "the destination does not know this router's AE title: its owner must add "
@@ -202,6 +213,7 @@ def advice(
     why: dict[str, Any] | None = None,
     destination: str | None = None,
     wait_for: str | None = None,
+    awaiting_commit: bool = False,
 ) -> str:
     """What the person at the console can do about this job, in a sentence or two. `why` is the event that
     held or skipped it (`cause(events)`; None when the history was not read: the queue list)."""
@@ -233,6 +245,13 @@ def advice(
         if event == "operator_hold":
             return "an operator is holding it: s releases it"
         return "held: its history (Enter) says who or what holds it and why; s releases it"
+    if state == "committed":
+        return "nothing: the destination confirmed by storage commitment that it keeps the object"
+    if state == "done" and awaiting_commit:
+        return (
+            f"nothing yet: delivered, waiting for {where}'s storage commitment report. If none comes before the "
+            "deadline the dashboard warns; then check the destination, and r sends it again and asks again"
+        )
     if state in ("done", "cancelled"):
         return "nothing: it is finished"
     text = (error or "").lower()
