@@ -44,6 +44,31 @@ _REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, local limit exceeded: the sender
 _REJECT_NO_REASON = (0x01, 0x01, 0x01)  # permanent: TLS policy (the log line and audit say why)
 
 
+class NoticeLimiter:
+    """At most one notice per key per `every` seconds; says how many were held back in between."""
+
+    MAX_KEYS = 4096  # bounded memory whatever the number of addresses trying
+
+    def __init__(self, every: float):
+        self.every = every
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}  # key → (time of the last notice, held back since)
+
+    def due(self, key: str, now: float) -> int | None:
+        """None: stay quiet. Otherwise notify, mentioning the returned number of notices held back."""
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last[0] < self.every:
+                self._last[key] = (last[0], last[1] + 1)
+                return None
+            if len(self._last) >= self.MAX_KEYS:
+                self._last = {k: v for k, v in self._last.items() if now - v[0] < self.every}
+                if len(self._last) >= self.MAX_KEYS:
+                    self._last.clear()  # a flood from thousands of addresses: start counting afresh
+            self._last[key] = (now, 0)
+            return last[1] if last is not None else 0
+
+
 def _reject(assoc: Any, result_source_reason: tuple[int, int, int]) -> None:
     # As pynetdicom does for its own rejections: queue the A-ASSOCIATE-RJ, then wait (kill) until the
     # DUL has sent it and the peer closed; otherwise the socket is shut first and the peer sees an abort.
@@ -107,6 +132,7 @@ class Receiver:
         self.started_at = time.time()
         self.server: Any = None  # the plain listener (None with router.tls.plain: false)
         self.tls_server: tls.TlsAssociationServer | None = None
+        self.handshake_notices = NoticeLimiter(60.0)
 
     # -- association policy ---------------------------------------------------------------------
     def on_requested(self, event: evt.Event) -> None:
@@ -531,10 +557,19 @@ class Receiver:
             log(LOG, logging.WARNING, f"heartbeat not recorded: {exc}")
 
     def _tls_handshake_failed(self, address: tuple[str, int], why: str) -> None:
+        # One line and one audit entry per address and reason per minute: a port scanner or a misconfigured
+        # modality retrying every second must not flood the log and the audit trail.
+        unreported = self.handshake_notices.due(f"{address[0]} {why}", time.monotonic())
+        if unreported is None:
+            return
         peer = f"{address[0]}:{address[1]}"
         port = self.cfg.router.tls.port
-        log(LOG, logging.WARNING, f"TLS handshake from {peer} on port {port} failed: {why}", peer=peer)
-        self.audit.record("association_rejected", "failure", peer=peer, tls=True, reason=f"TLS handshake: {why}")
+        more = f" ({unreported} more like it from {address[0]} in the last minute, not logged)" if unreported else ""
+        log(LOG, logging.WARNING, f"TLS handshake from {peer} on port {port} failed: {why}{more}", peer=peer)
+        self.audit.record(
+            "association_rejected", "failure", peer=peer, tls=True, reason=f"TLS handshake: {why}",
+            repeats=unreported or None,
+        )  # fmt: skip
 
     def _drain(self) -> None:
         """Refuse new associations, let in-flight ones finish (up to drain_seconds), then stop."""
