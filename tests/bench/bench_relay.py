@@ -475,6 +475,8 @@ def make_router(ctx: Context, work: Path, scp: StoreSCP, key: str = "router") ->
         # Metrics on (the default) on a port of its own, so a clash on 9104 cannot change the work measured;
         # router_nometrics is the same router with the hot-path counters off (the ≤ 2% comparison).
         router.config["metrics"] = {"enabled": False} if key == "router_nometrics" else {"port": peers.free_port()}
+        if not (ctx.routers.get(key, peers.REPO) / "appliance/router/metrics.py").exists():
+            del router.config["metrics"]  # a checkout from before metrics existed (--router-repo) refuses the key
         if key == "router_tls":
             # TLS on both legs: the sender calls the TLS port (mutual authentication), the PACS is reached by TLS.
             router.config["router"]["tls_dir"] = str(_tls_pki(ctx))
