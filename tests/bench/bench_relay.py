@@ -513,7 +513,11 @@ def _run_router(ctx: Context, work: Path, rep: int, key: str) -> float:
     tls = key == "router_tls"
     scp_tls = dcmtk_tls_args(_tls_pki(ctx), "pacs") if tls else []
     scp = StoreSCP(work, "PACS", extra=[*ctx.scp_extra, *scp_tls]).start()
-    router = make_router(ctx, work, scp, key).start()
+    try:
+        router = make_router(ctx, work, scp, key).start()
+    except BaseException:
+        scp.stop()  # a router that cannot start (e.g. an old checkout refusing a setting) leaves no peer behind
+        raise
     port = router.config["router"]["tls"]["port"] if tls else router.port
     scu_tls = dcmtk_tls_args(_tls_pki(ctx), "storescu") if tls else []
     profiler = ctx.profiler or Profiler(None)
