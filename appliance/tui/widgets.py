@@ -38,11 +38,14 @@ class ConsoleScreen(Screen[None]):
 
     Subclasses override `load()` (runs in a thread: blocking backend calls) and `show(data)` (UI thread).
     The app's tick and every return to the screen call `refresh_data()`; a refresh never starts while one is
-    still running, so slow I/O cannot pile up. `run_backend()` runs an action the same way; a failure becomes
-    a dialog in words (`show_load_error` for refreshes: inline, not a dialog every few seconds)."""
+    still running, so slow I/O cannot pile up — but one asked for meanwhile (after an action) runs as soon as
+    the running one ends, since that one may have read the state from before the action. `run_backend()`
+    runs an action the same way; a failure becomes a dialog in words (`show_load_error` for refreshes: inline,
+    not a dialog every few seconds)."""
 
     HELP: ClassVar[str] = ""
     _refreshing = False
+    _refresh_again = False
 
     @property
     def backend(self) -> Backend:
@@ -53,8 +56,10 @@ class ConsoleScreen(Screen[None]):
 
     def refresh_data(self) -> None:
         if self._refreshing:
+            self._refresh_again = True
             return
         self._refreshing = True
+        self._refresh_again = False
         self.run_backend("Refreshing", self.load, self._loaded, on_error=self._load_failed, group="refresh")
 
     def load(self) -> Any:
@@ -69,10 +74,14 @@ class ConsoleScreen(Screen[None]):
     def _loaded(self, data: Any) -> None:
         self._refreshing = False
         self.show(data)
+        if self._refresh_again:
+            self.refresh_data()
 
     def _load_failed(self, message: str) -> None:
         self._refreshing = False
         self.show_load_error(message)
+        if self._refresh_again:
+            self.refresh_data()
 
     def run_backend(
         self,

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,60 @@ def test_the_tick_refreshes_the_screen_in_front_only(outage: State, monkeypatch:
             await pilot.pause(0.3)
             await app.workers.wait_for_complete()
             assert Counting.loads == seen  # hidden: no I/O for it
+
+    asyncio.run(go())
+
+
+class Gated(ConsoleScreen):
+    """A screen whose load waits for the test: a refresh that is still reading when an action asks for another."""
+
+    gate = threading.Event()
+    loads: list[int] = []
+    shown: list[int] = []
+
+    def load(self) -> int:
+        Gated.loads.append(len(Gated.loads) + 1)
+        n = len(Gated.loads)
+        if n == 1:
+            Gated.gate.wait(10)
+        return n
+
+    def show(self, data: int) -> None:
+        Gated.shown.append(data)
+
+    def compose(self) -> Any:
+        yield Static("gated")
+
+
+def test_a_refresh_asked_for_while_one_runs_follows_it_instead_of_being_dropped(
+    outage: State, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an action (pause, retry …) the screen asks for a refresh; if a tick's refresh is still reading the
+    state from before the action, the asked-for one must run after it, or the screen shows the old state."""
+    import appliance.tui.screens.logs as logs_module
+
+    monkeypatch.setattr(logs_module, "LogsScreen", Gated)
+    Gated.gate.clear()
+    Gated.loads, Gated.shown = [], []
+
+    async def go() -> None:
+        app = make_app(outage)  # no tick during the test (refresh_seconds 3600)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("l")  # the first refresh starts and blocks in load()
+            for _ in range(200):
+                await pilot.pause(0.05)
+                if Gated.loads:
+                    break
+            screen = app.screen
+            assert isinstance(screen, Gated) and Gated.loads == [1]
+            screen.refresh_data()  # what an action's callback does
+            assert Gated.loads == [1]  # not a second overlapping read
+            Gated.gate.set()
+            for _ in range(200):
+                await pilot.pause(0.05)
+                if Gated.shown == [1, 2]:
+                    break
+            assert Gated.shown == [1, 2]  # the requested refresh ran after the first and was shown last
 
     asyncio.run(go())
 
