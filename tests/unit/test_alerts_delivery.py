@@ -272,36 +272,17 @@ def test_alerts_test_command_reports_each_channel(
     assert capsys.readouterr().out == "no alert active\n"  # nothing evaluated yet: no scheduler ran here
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    import datetime as dt
-    import ipaddress
+def _private_ca(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate, server key) for 127.0.0.1, made the way `dicom-router tls` makes them."""
+    from appliance.router import tls_ca
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smtp.test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    crt, pem_key = tmp_path / "smtp.crt", tmp_path / "smtp.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem_key.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return crt, pem_key
+    ca = tls_ca.make_ca("alerts test CA", kind="ec-p256")
+    server = tls_ca.make_node(ca, "smtp.test", [], ["127.0.0.1"], kind="ec-p256")
+    ca_crt, crt, key = tmp_path / "ca.crt", tmp_path / "smtp.crt", tmp_path / "smtp.key"
+    tls_ca.write_cert(ca_crt, ca.cert)
+    tls_ca.write_cert(crt, server.cert)
+    tls_ca.write_key(key, server.key)
+    return ca_crt, crt, key
 
 
 def test_smtp_starttls_with_a_private_ca_and_a_password_file(tmp_path: Path) -> None:
@@ -309,7 +290,7 @@ def test_smtp_starttls_with_a_private_ca_and_a_password_file(tmp_path: Path) -> 
 
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
-    crt, key = _self_signed(tmp_path)
+    ca_crt, crt, key = _private_ca(tmp_path)
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(crt, key)
     logins: list[tuple[bytes, bytes]] = []
@@ -328,7 +309,7 @@ def test_smtp_starttls_with_a_private_ca_and_a_password_file(tmp_path: Path) -> 
         (tmp_path / "smtp.pass").write_text("s3cret\n")
         (tmp_path / "smtp.pass").chmod(0o600)
         block = (
-            f"  syslog: {{enabled: false}}\n  smtp: {{host: 127.0.0.1, port: {port}, security: starttls, ca: {crt}, "
+            f"  syslog: {{enabled: false}}\n  smtp: {{host: 127.0.0.1, port: {port}, security: starttls, ca: {ca_crt}, "
             f"username: router, password_file: {tmp_path / 'smtp.pass'}, sender: r@h.example, to: [o@h.example]}}"
         )
         d = delivery.Dispatcher(config(tmp_path, block))
@@ -336,7 +317,7 @@ def test_smtp_starttls_with_a_private_ca_and_a_password_file(tmp_path: Path) -> 
         d.flush(1000.0)
         assert len(sink.messages) == 1 and logins == [(b"router", b"s3cret")]
         # without the CA the server's certificate cannot be verified: a delivery error that says so
-        d = delivery.Dispatcher(config(tmp_path, block.replace(f"ca: {crt}, ", "")))
+        d = delivery.Dispatcher(config(tmp_path, block.replace(f"ca: {ca_crt}, ", "")))
         d.submit([note()], 1000.0)
         d.flush(1000.0)
         assert "CERTIFICATE_VERIFY_FAILED" in (d.states["smtp"].last_error or "")
