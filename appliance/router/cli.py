@@ -21,6 +21,7 @@ from .cli_backup import add_backup_commands
 from .cli_common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, load_or_exit, print_json
 from .cli_config import add_config_commands
 from .cli_rules import add_rules_commands
+from .cli_system import add_system_commands
 from .cli_tls import add_tls_commands
 from .config import DEFAULT_CONFIG_PATH, ConfigError, RouterConfig, load_config
 from .conformance import add_conformance_command
@@ -389,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_alerts_commands(sub, _add_config)
     add_conformance_command(sub)
     add_tls_commands(sub, _add_config)
+    add_system_commands(sub, _add_config)
 
     p = sub.add_parser("echo", help="C-ECHO a configured node or AE@HOST:PORT")
     p.add_argument("target")

@@ -22,6 +22,7 @@ from pydicom.datadict import dictionary_VR, keyword_dict
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
+from .config_appliance import ApplianceSettings, appliance_problems
 from .config_trust import (
     AlertSettings,
     AuditSettings,
@@ -452,6 +453,9 @@ class RouterConfig(Strict):
     audit: AuditSettings = AuditSettings()
     metrics: MetricsSettings = MetricsSettings()
     alerts: AlertSettings = AlertSettings()
+    appliance: ApplianceSettings | None = Field(
+        None, description="the box's network, time sources and firewall (console-set-up appliances only)"
+    )
     _source_sha256: str = PrivateAttr("")
 
     @property
@@ -650,6 +654,7 @@ def _semantic_problems(doc: Any) -> list[Problem]:
     if router.get("state_dir") is not None and router.get("state_dir") == router.get("log_dir"):
         add(("router", "log_dir"), "log_dir must differ from state_dir")
     _trust_problems(router, nodes, roles, add)
+    appliance_problems(doc, add)
     return problems
 
 

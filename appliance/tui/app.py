@@ -1,5 +1,7 @@
 """`dicom-router console`: the on-call console. One screen per job; every screen reaches the router only
-through `backend.Backend`. Keys: d dashboard · e endpoints · u queue · b backups · c config history ·
+through `backend.Backend`. On a fresh appliance (no router.yaml yet) the first-boot setup screen comes first
+and the other screens' keys wait until it is saved.
+Keys: d dashboard · e endpoints · u queue · b backups · c config history ·
 l logs · w rules test · ? help · ctrl+q quit.
 
 The refresh tick: every `refresh_seconds` the app calls `refresh_data()` on the screen in front (only that
@@ -42,6 +44,7 @@ SCREENS = {
     "history": ("history", "HistoryScreen"),
     "logs": ("logs", "LogsScreen"),
     "rules": ("rules_test", "RulesTestScreen"),
+    "setup": ("setup", "SetupScreen"),  # first boot only: shown instead of the dashboard when there is no config
 }
 
 
@@ -89,14 +92,27 @@ class ConsoleApp(App[None]):
         self.backend = backend
         self.refresh_seconds = refresh_seconds  # tests set it high and refresh explicitly
         self._theme_name = theme or pick_theme()
+        self.setting_up = False  # first-boot setup in front: the other screens have no config to show yet
 
     def on_mount(self) -> None:
         self.theme = self._theme_name
         for mode, (module, class_name) in SCREENS.items():
             self.add_mode(mode, _lazy_screen(module, class_name))
         self.sub_title = f"operator {self.backend.operator} · {self.backend.config_path}"
-        self.switch_mode("dashboard")
+        self.setting_up = self.backend.needs_setup()
+        self.switch_mode("setup" if self.setting_up else "dashboard")
         self.set_interval(self.refresh_seconds, self.refresh_tick, name="refresh-tick")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # During first-boot setup the screen keys stay out of the footer and do nothing: there is no config.
+        return not (self.setting_up and action == "switch_mode")
+
+    def setup_finished(self, message: str) -> None:
+        """The first config is saved: on to the normal console."""
+        self.setting_up = False
+        self.switch_mode("dashboard")
+        self.refresh_bindings()
+        self.notify(message, title="First-boot setup", timeout=15)
 
     def refresh_tick(self) -> None:
         """Ask the screen in front to reload its data (it runs the I/O in a worker and skips if one is running)."""
@@ -109,7 +125,8 @@ class ConsoleApp(App[None]):
 
         screen = self.screen
         text = getattr(screen, "HELP", None) or "No help for this screen yet."
-        text = f"{text.rstrip()}\n\n{SCREEN_KEYS_HELP}"
+        if not self.setting_up:  # the screen keys do nothing before the first config is saved
+            text = f"{text.rstrip()}\n\n{SCREEN_KEYS_HELP}"
         self.push_screen(HelpScreen(screen.title or screen.__class__.__name__, text))
 
     def show_error(self, what: str, error: BaseException | str) -> None:

@@ -33,6 +33,10 @@ from appliance.router.config import (
     load_config,
     load_state_locations,
 )
+from appliance.router.config_appliance import is_ip_address
+from appliance.router.config_setup import SetupAnswers
+from appliance.router.config_setup import problems as setup_problems
+from appliance.router.config_setup import render as render_setup
 from appliance.router.config_trust import CommitmentPolicy
 from appliance.router.dicom_status import describe
 from appliance.router.history import (
@@ -68,7 +72,15 @@ NESTED_NODE_FIELDS = {
 _FIELD_OF = {path: name for name, path in NESTED_NODE_FIELDS.items()}
 DEFAULT_COMMIT_DEADLINE: float = CommitmentPolicy.model_fields["deadline_minutes"].default
 COMMITMENT_FAILED = "storage commitment FAILED"  # how a job's error starts when the destination did not commit it
-RULES_TEST_BATCH = 100  # files per dry-run call: progress and "stop" are checked between batches
+RULES_TEST_BATCH = 100
+# The setup form's fields in words, for messages that name them.
+SETUP_LABELS = {
+    "ae_title": "router AE title", "port": "router port", "dest_ae": "destination AE title",
+    "dest_host": "destination host", "dest_port": "destination port", "dest_name": "destination name",
+    "src_name": "sender name", "src_ae": "sender AE title", "src_host": "sender address",
+    "net_address": "address", "net_gateway": "gateway", "net_dns": "DNS servers", "ntp_servers": "NTP servers",
+    "allow_from": "senders' network", "form": "setup",
+}  # fmt: skip  # files per dry-run call: progress and "stop" are checked between batches
 
 
 class BackendError(Exception):
@@ -155,12 +167,47 @@ class RulesTest:
 
 
 class Backend:
-    def __init__(self, config_path: Path | str, operator: str, clock: Callable[[], float] = time.time):
+    def __init__(self, config_path: Path | str, operator: str, clock: Callable[[], float] = time.time,
+                 setup_base: dict[str, Any] | None = None):  # fmt: skip
         if not operator.strip():
             raise BackendError("the console needs an operator name (the login user or --operator)")
         self.config_path = Path(config_path)
         self.operator = operator
         self.clock = clock  # snapshot tests freeze it so ages and sparklines are stable
+        # More `router:` settings for the first config (tests: state_dir, log_dir); {} = the appliance's paths.
+        self.setup_base = dict(setup_base or {})
+
+    # -- first-boot setup ----------------------------------------------------------------------------
+    def needs_setup(self) -> bool:
+        """A fresh appliance: no router.yaml yet, so the console opens the setup screen."""
+        return not self.config_path.exists()
+
+    def setup_problems(self, fields: dict[str, Any]) -> dict[str, str]:
+        """Problems with the setup form, by field ('form' for the rest), under `config check`'s rules."""
+        return setup_problems(SetupAnswers.from_fields(fields), self.config_path, self.setup_base)
+
+    def setup_echo(self, fields: dict[str, Any]) -> EchoResult:
+        """C-ECHO the destination being typed, as the router's AE title being typed (the same echo as the
+        endpoints screen's, to an address: there is no config yet)."""
+        a = SetupAnswers.from_fields(fields)
+        wrong = {k: v for k, v in self.setup_problems(fields).items() if k in ("ae_title", "dest_ae", "dest_host",
+                                                                              "dest_port")}  # fmt: skip
+        if wrong:
+            raise BackendError("not tested: " + "; ".join(f"{SETUP_LABELS[k]}: {v}" for k, v in wrong.items()))
+        return echo(a.ae_title, Peer(a.dest_name, a.dest_ae, a.dest_host, int(a.dest_port)))
+
+    def setup_save(self, fields: dict[str, Any]) -> ApplyResult:
+        """The first config, through `config apply` (history and audit under the operator's name)."""
+        problems = self.setup_problems(fields)
+        if problems:
+            raise BackendError("; ".join(f"{SETUP_LABELS.get(k, k)}: {v}" for k, v in problems.items()))
+        if self.config_path.exists():
+            raise BackendError(
+                f"{self.config_path} appeared while you typed (Ansible or another console?): nothing was saved. "
+                "Quit and start the console again to see it"
+            )
+        content = render_setup(SetupAnswers.from_fields(fields), self.operator, self.setup_base).encode("utf-8")
+        return self.apply(content, "first-boot setup at the console")
 
     # -- config and state --------------------------------------------------------------------------
     def config(self) -> RouterConfig:
@@ -382,6 +429,9 @@ class Backend:
             return problems
         for where, message in _trust_problems_of(cfg, name or editing or "?", fields):
             problems.setdefault(_FIELD_OF.get(where, "node"), message)
+        firewall = cfg.appliance.firewall if cfg.appliance is not None else None
+        if firewall is not None and firewall.enabled and node.is_source and not is_ip_address(node.host):
+            problems.setdefault("host", "the appliance firewall admits senders by IP address: type its address")
         for other, n in cfg.nodes.items():
             if other not in (name, editing) and n.ae_title == node.ae_title:
                 problems["ae_title"] = f"AE title {node.ae_title} is already used by {other}"
@@ -875,5 +925,7 @@ __all__ = [
     "JobQuery",
     "Page",
     "RulesTest",
+    "SETUP_LABELS",
+    "SetupAnswers",
     "short_age",
 ]
