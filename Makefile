@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 CONFIG ?= examples/router.yaml
 
-.PHONY: appliance-prereqs setup deps run test test-fast lint typecheck bench clean wheelhouse ansible-setup molecule-rootfs ansible-lint molecule
+.PHONY: appliance-prereqs setup deps run test test-fast lint typecheck bench clean wheelhouse ansible-setup molecule-rootfs ansible-lint molecule image-deps image e2e-image
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,7 @@ deps:
 	@command -v /usr/bin/storescu >/dev/null && command -v /usr/sbin/Orthanc >/dev/null && [ -x /usr/sbin/sshd ] && [ -x /usr/bin/tmux ] && command -v mmdebstrap >/dev/null && command -v systemd-nspawn >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q dcmtk orthanc openssh-server tmux mmdebstrap systemd-container; }
+	@$(MAKE) --no-print-directory image-deps
 
 # The router on the example config, state and logs under ./run/ (no root paths).
 run: setup
@@ -79,6 +80,27 @@ appliance-prereqs: ansible-setup wheelhouse
 # Every scenario, including the per-role development ones (hardening, network, ops).
 molecule: ansible-setup wheelhouse molecule-rootfs
 	PATH=$(CURDIR)/$(ANSIBLE_VENV)/bin:$$PATH $(ANSIBLE_VENV)/bin/molecule test --all
+
+# --- The appliance image (packer/, docs/deployment.md) ------------------------------------------------------
+# Debian packages the image build and the boot test need (root or sudo).
+IMAGE_DEBS = mmdebstrap packer qemu-system-x86 qemu-utils ovmf fdisk dosfstools mtools
+image-deps:
+	@command -v packer >/dev/null && command -v qemu-system-x86_64 >/dev/null && command -v sfdisk >/dev/null && command -v mcopy >/dev/null && command -v mkfs.vfat >/dev/null && [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] && command -v mmdebstrap >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $(IMAGE_DEBS); }
+
+# build/dicom-router-appliance-<version>.qcow2 and its manifest, for the site in IMAGE_VARS (root).
+IMAGE_VARS ?= packer/site.example.yml
+image: image-deps ansible-setup wheelhouse
+	tools/build-image.sh $(IMAGE_VARS)
+
+# The image the boot test (tests/e2e) boots: the test's own admin key, qemu's user network as admin network.
+build/e2e/id_ed25519:
+	mkdir -p build/e2e
+	ssh-keygen -q -t ed25519 -N '' -C dicom-router-e2e -f $@
+e2e-image: build/e2e/id_ed25519
+	$(MAKE) --no-print-directory image IMAGE_VARS=tests/e2e/site-vars.yml
+	$(PY) -c 'from tests.e2e import image_build as b; b.DIGEST_FILE.write_text(b.inputs_digest() + "\n")'
 
 clean:
 	rm -rf run build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -19,8 +19,10 @@ base=(systemd-sysv dbus openssh-server python3 python3-apt python3-venv sudo ipr
       apt-listchanges logrotate rsyslog libpam-pwquality cracklib-runtime dcmtk locales less)
 case "$kind" in
   container) extra=() ;;
-  image) extra=(linux-image-amd64 grub-pc-bin grub-efi-amd64-bin initramfs-tools udev
-                systemd-resolved ifupdown lynis) ;;
+  # The image boots on its own: kernel, initramfs, GRUB for BIOS and UEFI, systemd-networkd (in systemd)
+  # with resolved, growpart for a disk made larger than the image, Lynis for the hardening report.
+  image) extra=(linux-image-amd64 initramfs-tools udev grub2-common grub-pc-bin grub-efi-amd64-bin
+                systemd-resolved cloud-guest-utils lynis) ;;
   *) echo "mkrootfs: unknown kind '$kind' (container or image)" >&2; exit 2 ;;
 esac
 

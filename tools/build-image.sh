@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# `make image`: the appliance disk image, offline (path (b) in docs/deployment.md).
+#   tools/build-image.sh SITE_VARS.yml
+# 1. the image root filesystem from Debian's mirror (mmdebstrap; kept in build/image-rootfs between builds),
+# 2. a bootable base disk from it (tools/mkdisk.sh: GPT, GRUB for BIOS and UEFI, a one-off build key),
+#    — or, with IMAGE_BASE=cloud (production path (a), needs internet), Debian's generic cloud image,
+#    checksum-verified, whose build account cloud-init makes from a seed Packer serves,
+# 3. Packer boots it and runs ansible/image.yml over SSH, then seals it (packer/scripts/seal.sh),
+# 4. a compressed qcow2 and its manifest in build/:
+#      dicom-router-appliance-<version>.qcow2, .manifest.json, .packages.tsv, .sha256
+# Needs root, about 12 GB free under build/, and the Debian packages named below (checked first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+site_vars=${1:?usage: build-image.sh SITE_VARS.yml}
+build=${IMAGE_BUILD_DIR:-build}
+work="$build/image"
+ansible_bin=${ANSIBLE_BIN:-$PWD/.venv-ansible/bin}
+
+fail() { echo "make image: $*" >&2; exit 2; }
+step() { echo "== $(date +%T) $*"; }
+
+# --- Fail early, with what to do ------------------------------------------------------------------------------
+[ "$(id -u)" = 0 ] || fail "needs root (mmdebstrap, loop devices for GRUB): run it with sudo"
+missing=()
+for pair in mmdebstrap:mmdebstrap packer:packer qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils \
+            sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools mkfs.ext4:e2fsprogs losetup:mount; do
+  command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+done
+[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing+=(ovmf)
+[ ${#missing[@]} = 0 ] || fail "missing Debian packages: apt-get install ${missing[*]}"
+[ -x "$ansible_bin/ansible-playbook" ] || fail "$ansible_bin/ansible-playbook is missing: make ansible-setup"
+[ -s "$build/wheelhouse/RELEASE" ] || fail "$build/wheelhouse is missing: make wheelhouse"
+[ -s "$site_vars" ] || fail "site variables $site_vars are missing (copy packer/site.example.yml)"
+mkdir -p "$work"
+free_kb=$(df -Pk "$work" | awk 'NR==2 {print $4}')
+[ "$free_kb" -ge $(( 12 * 1024 * 1024 )) ] || fail "needs 12 GB free under $work, has $(( free_kb / 1024 / 1024 )) GB"
+
+version=$(cat "$build/wheelhouse/RELEASE")
+name="dicom-router-appliance-$version"
+
+# KVM only where it really works: a /dev/kvm we can open on a CPU with hardware virtualisation. A nested
+# "PVM" /dev/kvm without vmx/svm (these build machines) makes a guest crawl; TCG is then much faster.
+accel=${IMAGE_ACCEL:-}
+if [ -z "$accel" ]; then
+  if [ -r /dev/kvm ] && [ -w /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then accel=kvm; else accel=tcg; fi
+fi
+step "building $name (accelerator $accel, site variables $site_vars)"
+started=$(date +%s)
+
+base=${IMAGE_BASE:-offline}
+cloud_url=${DEBIAN_CLOUD_URL:-https://cloud.debian.org/images/cloud/bookworm/latest}
+rm -f "$work/build_key" "$work/build_key.pub"
+ssh-keygen -q -t ed25519 -N '' -C "image-build-$version" -f "$work/build_key"
+base_args=()
+if [ "$base" = cloud ]; then
+  # --- 1+2 (a). Debian's generic cloud image (full kernel, BIOS+UEFI), verified against Debian's SHA512SUMS ---
+  step "base disk: $cloud_url/debian-12-generic-amd64.qcow2 (cloud-init seed for the build account)"
+  seed="$work/seed"
+  rm -rf "$seed" && mkdir -p "$seed"
+  printf 'instance-id: appliance-build\nlocal-hostname: appliance\n' > "$seed/meta-data"
+  cat > "$seed/user-data" <<EOF
+#cloud-config
+users:
+  - name: build
+    shell: /bin/bash
+    sudo: "ALL=(ALL) NOPASSWD: ALL"
+    ssh_authorized_keys: ["$(cat "$work/build_key.pub")"]
+EOF
+  base_args=(-var "base_disk=$cloud_url/debian-12-generic-amd64.qcow2"
+             -var "base_disk_checksum=file:$cloud_url/SHA512SUMS" -var "cloud_init_seed_dir=$PWD/$seed")
+elif [ "$base" = offline ]; then
+# --- 1. Root filesystem (rebuilt when its recipe changes) ------------------------------------------------------
+rootfs="$build/image-rootfs"
+recipe=$(sha256sum tools/mkrootfs.sh | cut -c1-16)
+if [ "$(cat "$rootfs/.recipe" 2>/dev/null)" != "$recipe" ]; then
+  step "root filesystem from Debian's mirror (mmdebstrap)"
+  tools/mkrootfs.sh image "$rootfs"
+  echo "$recipe" > "$rootfs/.recipe"
+else
+  step "root filesystem: reusing $rootfs"
+fi
+
+# --- 2. Base disk with a one-off build key ---------------------------------------------------------------------
+step "base disk"
+tools/mkdisk.sh "$rootfs" "$work/build_key.pub" "$work/base.qcow2" 8
+base_args=(-var "base_disk=$PWD/$work/base.qcow2")
+else
+  fail "IMAGE_BASE must be offline (the default: built here from the Debian mirror) or cloud (Debian's cloud image)"
+fi
+
+# --- 3. Packer: provision with ansible/image.yml, seal ---------------------------------------------------------
+step "packer build (ansible/image.yml over SSH; the build VM's console goes to $work/serial.log)"
+rm -rf "$work/packer-output" "$work/packer-output.packages.tsv"
+export PATH="$ansible_bin:$PATH" PACKER_CACHE_DIR="$PWD/$build/packer_cache" CHECKPOINT_DISABLE=1
+mitogen=$("$ansible_bin/python" -c 'import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__))' 2>/dev/null)/plugins/strategy \
+  || fail "Mitogen is missing from $ansible_bin (requirements-ansible.txt): make ansible-setup"
+packer build -color=false \
+  -var-file=packer/debian12-amd64.pkrvars.hcl \
+  "${base_args[@]}" \
+  -var "version=$version" \
+  -var "accelerator=$accel" \
+  -var "output_dir=$PWD/$work/packer-output" \
+  -var "serial_log=$PWD/$work/serial.log" \
+  -var "ssh_private_key_file=$PWD/$work/build_key" \
+  -var "site_vars=$(realpath "$site_vars")" \
+  -var "wheelhouse=$PWD/$build/wheelhouse" \
+  -var "ansible_strategy_plugins=$mitogen" \
+  packer/appliance.pkr.hcl
+rm -rf "$work/build_key" "$work/build_key.pub" "$work/base.qcow2" "$work/seed"
+
+# --- 4. Compressed image, checksum, manifest --------------------------------------------------------------------
+step "compressing"
+out="$build/$name.qcow2"
+qemu-img convert -c -O qcow2 "$work/packer-output/appliance.qcow2" "$out.tmp"
+mv "$out.tmp" "$out"
+rm -rf "$work/packer-output"
+mv "$work/packer-output.packages.tsv" "$build/$name.packages.tsv"
+(cd "$build" && sha256sum "$name.qcow2" > "$name.sha256")
+python3 tools/image_manifest.py --image "$out" --packages "$build/$name.packages.tsv" --version "$version" \
+  --accelerator "$accel" --base "$base" --site-vars "$site_vars" --seconds $(( $(date +%s) - started )) > "$build/$name.manifest.json"
+ln -sfn "$name.qcow2" "$build/dicom-router-appliance.qcow2"
+step "done in $(( $(date +%s) - started )) s: $out ($(du -h "$out" | cut -f1)), $build/$name.manifest.json"
