@@ -26,8 +26,10 @@ run: setup
 	$(PY) -m appliance.router serve --config $(CONFIG)
 
 # The suite includes the appliance: lint, playbook syntax and the molecule scenarios (root: systemd-nspawn).
+# In parallel (pytest-xdist): most tests wait on sockets and subprocesses, not the CPU.
+TEST_WORKERS ?= 2
 test: setup deps appliance-prereqs
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q tests/unit
