@@ -10,13 +10,39 @@ from tests.support.data import make_ct_series  # noqa: E402
 from tests.support.peers import stop_all  # noqa: E402
 
 
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _is_xdist_worker(config):  # the scenarios' results are where the controller writes them
+        molecule_runner.logs_dir = Path(config.workerinput["molecule_logs_dir"])  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:  # type: ignore[no-untyped-def]
+    """pytest-xdist, in the controller: tell each worker where the molecule scenarios' results go."""
+    node.workerinput["molecule_logs_dir"] = str(molecule_runner.logs_dir)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the molecule scenarios now if their test was collected: they run beside the suite."""
+    """Without xdist: start the molecule scenarios now if their test was collected; they run beside the suite."""
+    if _is_xdist_worker(session.config):
+        return
     if any(item.name == "test_molecule_scenarios" for item in session.items):
         molecule_runner.start()
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """pytest-xdist, in the controller (the workers collect, the controller does not): start the scenarios
+    once, before any test is scheduled, if a worker collected their test. start() is a no-op once started."""
+    if any(nodeid.rsplit("::", 1)[-1] == "test_molecule_scenarios" for nodeid in ids):
+        molecule_runner.start()
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the scenarios still running (only the process that started them has any)."""
     molecule_runner.stop_all()
 
 
