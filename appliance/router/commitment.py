@@ -285,6 +285,7 @@ class Requester:
 
     def _on_report(self, assoc: Association, req: N_EVENT_REPORT, context_id: int) -> None:
         status = STATUS_PROCESSING_FAILURE
+        taken: str | None = None
         try:
             cx = assoc._accepted_cx[context_id]
             ts = cx.transfer_syntax[0]
@@ -297,9 +298,7 @@ class Requester:
                     "on the requesting association",
                     self.node.ae_title,
                 )
-                if report.transaction_uid:
-                    with self._lock:
-                        self._reported.add(report.transaction_uid)
+                taken = report.transaction_uid
         except Exception as exc:
             log(LOG, logging.ERROR, f"could not take the storage commitment report of {self.name}: {exc}")
         rsp = N_EVENT_REPORT()
@@ -312,6 +311,12 @@ class Requester:
             assoc.dimse.send_msg(rsp, context_id)
         except Exception as exc:
             log(LOG, logging.WARNING, f"could not answer the storage commitment report of {self.name}: {exc}")
+        # Only now, with the answer queued: the thread waiting for this report then releases the association,
+        # and a release queued before the answer leaves the destination without one (it waits out its DIMSE
+        # timeout, aborts, and counts the report as failed).
+        if taken:
+            with self._lock:
+                self._reported.add(taken)
 
     @staticmethod
     def carries(assoc: Association | None) -> bool:

@@ -5,6 +5,11 @@ side by side (each in its own systemd-nspawn container) while the rest of the su
 the end of the session (tests/appliance/test_ansible.py) waits for them and reports each one.
 `make molecule` runs every scenario; the suite runs the ones below (the per-role development scenarios
 hardening and ops have their checks included in `default`).
+
+Under pytest-xdist the scenarios start exactly once, in the controller (tests/conftest.py), while the test
+runs in a worker, another process: so each scenario's result goes to a file, `<scenario>.rc` next to its
+log in `logs_dir`, which the controller names before the workers start and hands them. Without xdist the
+same process starts them and reads the files.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv-ansible" / "bin"
 SUITE_SCENARIOS = ("default", "change_control", "network")
+TIMEOUT = 1800.0  # a scenario still running after this long is killed (exit -9)
 
 
 @dataclass
@@ -31,6 +39,10 @@ class Running:
 
 
 _running: list[Running] = []
+
+# Where the scenarios' logs and result files go: named (not created) by the process that starts them, and
+# given to pytest-xdist's workers by tests/conftest.py.
+logs_dir = Path(tempfile.gettempdir()) / f"molecule-logs-{uuid.uuid4().hex[:12]}"
 
 
 def missing_prerequisite() -> str | None:
@@ -50,7 +62,7 @@ def missing_prerequisite() -> str | None:
 def start() -> None:
     if _running or missing_prerequisite():
         return
-    logs = Path(tempfile.mkdtemp(prefix="molecule-logs-"))
+    logs_dir.mkdir(mode=0o700)
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -60,24 +72,52 @@ def start() -> None:
         "PY_COLORS": "0",
     }
     for name in SUITE_SCENARIOS:
-        log = logs / f"{name}.log"
+        log = logs_dir / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [str(BIN / "molecule"), "test", "-s", name], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
             )
-        _running.append(Running(name, proc, log, time.monotonic()))
+        r = Running(name, proc, log, time.monotonic())
+        _running.append(r)
+        threading.Thread(target=_record_exit, args=(r,), name=f"molecule-{name}", daemon=True).start()
+    # Which scenarios were started, for a waiter in another process: written once all are running.
+    _write_atomically(logs_dir / "started", "\n".join(SUITE_SCENARIOS) + "\n")
 
 
-def wait_all(timeout: float = 1800) -> list[tuple[str, int, float, Path]]:
-    """(scenario, exit status, seconds, log) for each scenario started."""
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _record_exit(r: Running) -> None:
+    """In the starting process: wait for one scenario (killing it after TIMEOUT), write "<rc> <seconds>"."""
+    try:
+        rc = r.proc.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        r.proc.kill()
+        r.proc.wait()
+        rc = -9
+    _write_atomically(r.log.with_suffix(".rc"), f"{rc} {time.monotonic() - r.started:.1f}\n")
+
+
+def wait_all(timeout: float = TIMEOUT + 60, poll: float = 1.0) -> list[tuple[str, int, float, Path]]:
+    """(scenario, exit status, seconds, log) for each scenario started, in this process or, under
+    pytest-xdist, in the controller; read from the result files the starting process writes."""
+    started = logs_dir / "started"
+    if not started.exists():
+        return []
+    names = started.read_text().split()
+    deadline = time.monotonic() + timeout  # a backstop only: the starting process kills a scenario at TIMEOUT
     results = []
-    for r in _running:
-        try:
-            rc = r.proc.wait(timeout=max(1.0, timeout - (time.monotonic() - r.started)))
-        except subprocess.TimeoutExpired:
-            r.proc.kill()
-            rc = -9
-        results.append((r.name, rc, time.monotonic() - r.started, r.log))
+    for name in names:
+        log, rc_file = logs_dir / f"{name}.log", logs_dir / f"{name}.rc"
+        while not rc_file.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"molecule scenario {name} has no result after {timeout:g} s (log {log})")
+            time.sleep(poll)
+        rc, seconds = rc_file.read_text().split()
+        results.append((name, int(rc), float(seconds), log))
     return results
 
 

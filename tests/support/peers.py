@@ -1,7 +1,8 @@
 """Real DICOM peers for tests: DCMTK storescp/storescu/echoscu, Orthanc, and the router itself.
 
-Everything listens on ephemeral loopback ports chosen at start, so tests (and parallel helpers) never
-collide. DCMTK and Orthanc get TCP_NODELAY=1 (Debian's builds leave Nagle on otherwise).
+Everything listens on loopback ports chosen at start (free_port: a range of its own per pytest-xdist
+worker), so tests, parallel helpers and parallel workers never collide. DCMTK and Orthanc get
+TCP_NODELAY=1 (Debian's builds leave Nagle on otherwise).
 Synchronisation is by polling a condition with a deadline, never by fixed sleeps.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -38,10 +40,39 @@ def stop_all() -> None:
             pass
 
 
+# free_port() hands out ports from a range below Linux's ephemeral range (32768-60999), split between the
+# pytest-xdist workers: a port it returns is bound later by another process (storescp, Orthanc, the router),
+# and in between, a port the kernel picked for bind(0) could be handed to another worker's probe or be taken
+# as the local port of any outgoing connection. Each worker starts at a random place in its share (another
+# run of the suite on this machine uses the same shares) and walks on from there, so one process never
+# returns a port twice until it has used its whole share.
+_PORTS = range(10000, 32000)
+_next_port: int | None = None
+
+
+def _port_share() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", … in a pytest-xdist worker
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    size = len(_PORTS) // max(count, 1)
+    return range(_PORTS.start + index * size, _PORTS.start + (index + 1) * size)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    global _next_port
+    share = _port_share()
+    if _next_port is None:
+        _next_port = random.SystemRandom().randrange(len(share))  # whatever seed a test gave `random`
+    for _ in range(len(share)):
+        port = share[_next_port % len(share)]
+        _next_port += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use (or in TIME_WAIT): the next one
+                continue
+            return port
+    raise RuntimeError(f"no free port in {share}")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

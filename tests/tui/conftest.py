@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import fcntl
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,3 +21,19 @@ async def _settle(pilot: Pilot[Any]) -> None:
 @pytest.fixture
 def settle() -> Callable[[Pilot[Any]], Awaitable[None]]:
     return _settle
+
+
+@pytest.fixture(autouse=True)
+def _snapshot_sites_one_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A snapshot test builds its site at a fixed path, /tmp/dicom-router-snap-NAME (the path shows on the
+    screen), recreating it first. Tests of one screen share that path, and under pytest-xdist (or another run
+    of the suite on this machine) two could rebuild it under each other: the snapshot tests take turns."""
+    if "snap_compare" not in request.fixturenames:
+        yield
+        return
+    with open("/tmp/dicom-router-snap.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
