@@ -136,6 +136,8 @@ source "qemu" "appliance" {
   disk_size        = "${var.disk_size_gib}G"
   disk_interface   = "virtio"
   disk_discard     = "unmap"
+  # Packer's last step rewrites the disk without the trimmed blocks (compaction); compressed in the same pass.
+  disk_compression = true
   net_device       = "virtio-net"
   accelerator      = var.accelerator
   cpus             = var.cpus

@@ -6,7 +6,7 @@
 #    — or, with IMAGE_BASE=cloud (production path (a), needs internet), Debian's generic cloud image,
 #    checksum-verified, whose build account cloud-init makes from a seed Packer serves,
 # 3. Packer boots it and runs ansible/image.yml over SSH, then seals it (packer/scripts/seal.sh),
-# 4. a compressed qcow2 and its manifest in build/:
+# 4. the compressed qcow2 and its manifest in build/:
 #      dicom-router-appliance-<version>.qcow2, .manifest.json, .packages.tsv, .sha256
 # Needs root, about 12 GB free under build/, and the Debian packages named below (checked first).
 set -euo pipefail
@@ -109,11 +109,10 @@ packer build -color=false \
   packer/appliance.pkr.hcl
 rm -rf "$work/build_key" "$work/build_key.pub" "$work/base.qcow2" "$work/seed"
 
-# --- 4. Compressed image, checksum, manifest --------------------------------------------------------------------
-step "compressing"
+# --- 4. The image (Packer compacted and compressed it), checksum, manifest ------------------------------------------
+step "checksum and manifest"
 out="$build/$name.qcow2"
-qemu-img convert -c -O qcow2 "$work/packer-output/appliance.qcow2" "$out.tmp"
-mv "$out.tmp" "$out"
+mv "$work/packer-output/appliance.qcow2" "$out"
 rm -rf "$work/packer-output"
 mv "$work/packer-output.packages.tsv" "$build/$name.packages.tsv"
 (cd "$build" && sha256sum "$name.qcow2" > "$name.sha256")

@@ -3,8 +3,8 @@ through it from DCMTK storescu on the host to a storescp on the host (via qemu's
 
 Needs the image the boot test's site variables make (`make e2e-image`): run as root, the suite builds it in
 the background when it is missing or older than its sources (tests/e2e/image_build.py). Without it these tests
-skip off CI and fail under CI. The tests share one booted appliance and run in
-file order (setup → routing → checks that depend on the site config); the UEFI boot is a second, short boot."""
+skip off CI and fail under CI. The tests share one booted appliance and run in file order (setup → routing →
+checks that depend on the site config); test_uefi_boot.py boots the image a second time, with UEFI firmware."""
 
 from __future__ import annotations
 
@@ -54,9 +54,13 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vm.Appliance
     try:
         box.wait_ready()
         print(f"\nappliance (BIOS, {vm.accelerator()}) ready {box.booted_after:.0f} s after qemu started")
-        # Lynis takes minutes under emulation: it runs in the guest while the other tests do.
-        box.sudo("systemd-run --unit=e2e-lynis --collect lynis audit system --quick --no-colors "
-                 "--logfile /var/tmp/lynis.log --report-file /var/tmp/lynis-report.dat")  # fmt: skip
+        # Lynis takes many minutes under emulation: it runs in the guest while the other tests do. PKGS-7392
+        # (apt-get update, to count pending security updates) is skipped: it needs the internet, which an
+        # appliance may not have; unattended-upgrades covers it (hardening role).
+        box.sudo("printf 'skip-test=PKGS-7392\\n' > /var/tmp/e2e-lynis.prf && "
+                 "systemd-run --unit=e2e-lynis --collect lynis audit system --quick --no-colors "
+                 "--profile /var/tmp/e2e-lynis.prf --logfile /var/tmp/lynis.log "
+                 "--report-file /var/tmp/lynis-report.dat")  # fmt: skip
         yield box
     finally:
         box.stop()
@@ -173,7 +177,9 @@ def test_a_series_is_routed_through_the_appliance(appliance: vm.Appliance, pacs:
     got_content = {content(pydicom.dcmread(p)) for p in pacs.files()}
     assert got_content == sent_content
     status = json.loads(appliance.sudo("dicom-router status --json").stdout)
-    print(f"routed {SERIES} objects host → appliance → host; router status: {status.get('health', status)}")
+    (dest,) = status["destinations"]
+    assert dest["counts"]["done"] == SERIES and dest["counts"]["failed"] == 0, dest
+    print(f"\nrouted {SERIES} objects host → appliance → host; problems on the appliance: {status['problems']}")
 
 
 def test_firewall_matches_the_image_inventory(appliance: vm.Appliance) -> None:
@@ -207,9 +213,10 @@ def test_no_unit_failed(appliance: vm.Appliance) -> None:
     assert failed == "", failed
 
 
+@pytest.mark.timeout(2400)  # Lynis under TCG: ~15 min of shell commands (it started at boot)
 def test_lynis_hardening_index(appliance: vm.Appliance) -> None:
     wait_until(lambda: appliance.sudo("systemctl is-active e2e-lynis", check=False).stdout.strip() != "active",
-               900, "Lynis to finish", interval=10)  # fmt: skip
+               2200, "Lynis to finish", interval=10)  # fmt: skip
     report = appliance.sudo("cat /var/tmp/lynis-report.dat").stdout
     index = re.search(r"^hardening_index=(\d+)$", report, re.M)
     assert index, report[-2000:]
@@ -227,15 +234,3 @@ def test_lynis_hardening_index(appliance: vm.Appliance) -> None:
 # The index this image reached when the test was written (docs/deployment.md lists the accepted findings):
 # a change that lowers it fails here rather than going unnoticed.
 LYNIS_FLOOR = 80
-
-
-def test_uefi_boot(tmp_path_factory: pytest.TempPathFactory) -> None:
-    _need_image()
-    box = vm.Appliance(tmp_path_factory.mktemp("appliance-uefi"), firmware="uefi").start()
-    try:
-        box.wait_ready()
-        print(f"\nappliance (UEFI, {vm.accelerator()}) ready {box.booted_after:.0f} s after qemu started")
-        assert box.ssh("test -d /sys/firmware/efi && echo efi").stdout.strip() == "efi"
-        assert box.sudo("systemctl --failed --no-legend --plain").stdout.strip() == ""
-    finally:
-        box.stop()
