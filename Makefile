@@ -96,7 +96,10 @@ image-deps:
 
 # build/dicom-router-appliance-<version>.qcow2 and its manifest, for the site in IMAGE_VARS (root).
 IMAGE_VARS ?= packer/site.example.yml
-image: image-deps ansible-setup wheelhouse
+image: image-deps ansible-setup
+	@# The wheelhouse of this exact source (RELEASE has the commit and a hash of uncommitted changes); never
+	@# rebuilt when current: the molecule scenarios may be installing from it while the suite builds the image.
+	@[ "$$(cat build/wheelhouse/RELEASE 2>/dev/null)" = "$(RELEASE)" ] || $(MAKE) --no-print-directory wheelhouse
 	tools/build-image.sh $(IMAGE_VARS)
 
 # The image the boot test (tests/e2e) boots: the test's own admin key, qemu's user network as admin network.
