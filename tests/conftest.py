@@ -1,4 +1,5 @@
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ from tests.appliance import molecule_runner  # noqa: E402
 from tests.e2e import image_build  # noqa: E402
 from tests.support.data import make_ct_series  # noqa: E402
 from tests.support.peers import stop_all  # noqa: E402
+
+_LOADED_AT = time.time()  # this session's start, near enough (for files written during it)
 
 
 def _is_xdist_worker(config: pytest.Config) -> bool:
@@ -85,6 +88,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             if reporter is not None:
                 reporter.write_line(f"\n{len(unused)} snapshot(s) unused (no such test): " + ", ".join(unused))
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The boot test's Lynis report (index, warnings, suggestions), written by whichever worker ran it."""
+    from tests.e2e.test_appliance_boot import LYNIS_SUMMARY
+
+    if LYNIS_SUMMARY.exists() and LYNIS_SUMMARY.stat().st_mtime >= _LOADED_AT:
+        terminalreporter.write_sep("-", "appliance image: Lynis")
+        terminalreporter.write(LYNIS_SUMMARY.read_text())
 
 
 @pytest.fixture(autouse=True)
