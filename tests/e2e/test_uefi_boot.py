@@ -9,7 +9,7 @@ import pytest
 from tests.e2e import vm
 from tests.e2e.test_appliance_boot import _need_image
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("appliance-image-uefi")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("appliance-image-uefi"), pytest.mark.timeout(3600)]
 
 
 def test_uefi_boot(tmp_path_factory: pytest.TempPathFactory) -> None:
