@@ -218,7 +218,7 @@ def test_no_unit_failed(appliance: vm.Appliance) -> None:
 
 def test_lynis_hardening_index(appliance: vm.Appliance) -> None:
     wait_until(lambda: appliance.sudo("systemctl is-active e2e-lynis", check=False).stdout.strip() != "active",
-               2200, "Lynis to finish", interval=10)  # fmt: skip
+               2700, "Lynis to finish", interval=10)  # fmt: skip
     report = appliance.sudo("cat /var/tmp/lynis-report.dat").stdout
     index = re.search(r"^hardening_index=(\d+)$", report, re.M)
     assert index, report[-2000:]
