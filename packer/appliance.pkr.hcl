@@ -193,8 +193,11 @@ build {
   }
 
   # The image's package list for the manifest.
+  # /var/tmp: the hardening role's noexec /tmp is mounted by now (a service with PrivateTmp= pulls tmp.mount in)
+  # and Packer runs its uploaded script from there.
   provisioner "shell" {
-    inline = ["dpkg-query -W -f '$${Package}\\t$${Version}\\t$${Architecture}\\n' | sort > /var/tmp/appliance-packages.tsv"]
+    remote_folder = "/var/tmp"
+    inline        = ["dpkg-query -W -f '$${Package}\\t$${Version}\\t$${Architecture}\\n' | sort > /var/tmp/appliance-packages.tsv"]
   }
   provisioner "file" {
     direction   = "download"

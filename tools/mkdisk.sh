@@ -65,6 +65,14 @@ for unit in systemd-networkd.service systemd-resolved.service; do
   ln -sf "/lib/systemd/system/$unit" "$rootfs/etc/systemd/system/multi-user.target.wants/$unit"
 done
 ln -sf /run/systemd/resolve/stub-resolv.conf "$rootfs/etc/resolv.conf"
+# Names come from the site's DNS servers only: no LLMNR or mDNS answers from whoever is on the segment
+# (name poisoning), and no multicast chatter for the firewall to drop and log.
+mkdir -p "$rootfs/etc/systemd/resolved.conf.d"
+cat > "$rootfs/etc/systemd/resolved.conf.d/appliance.conf" <<'EOF'
+[Resolve]
+LLMNR=no
+MulticastDNS=no
+EOF
 
 # The build account Packer uses; sealed away before the image is written.
 if ! chroot "$rootfs" getent passwd build >/dev/null; then
@@ -94,6 +102,7 @@ menuentry "DICOM router appliance (previous kernel)" {
   initrd /initrd.img.old
 }
 EOF
+chmod 0600 "$rootfs/boot/grub/grub.cfg"  # boot entries are root's business (Lynis FILE-7524)
 # A kernel upgrade runs update-grub inside the appliance: keep the serial console in what it generates.
 mkdir -p "$rootfs/etc/default/grub.d"
 cat > "$rootfs/etc/default/grub.d/appliance.cfg" <<'EOF'

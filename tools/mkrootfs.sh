@@ -14,9 +14,11 @@ command -v mmdebstrap >/dev/null || {
 
 # What every appliance has: systemd, sshd for Ansible, Python for its modules,
 # and what the roles install (hardening, chrony, nftables, logrotate, router, console).
+# The hardening role's also: libpam-tmpdir, needrestart, debsums, acct, AIDE, USBGuard.
 base=(systemd-sysv dbus openssh-server python3 python3-apt python3-venv sudo iproute2 procps
       ca-certificates chrony nftables auditd apparmor apparmor-utils unattended-upgrades
-      apt-listchanges logrotate rsyslog libpam-pwquality cracklib-runtime dcmtk locales less)
+      apt-listchanges logrotate rsyslog libpam-pwquality cracklib-runtime dcmtk locales less
+      libpam-tmpdir needrestart debsums acct aide aide-common usbguard)
 case "$kind" in
   container) extra=() ;;
   # The image boots on its own: kernel, initramfs, GRUB for BIOS and UEFI, systemd-networkd (in systemd)
