@@ -186,6 +186,8 @@ build {
       "ANSIBLE_DEPRECATION_WARNINGS=False",
       # Logging in and starting Python in an emulated VM on a busy host can take minutes, not seconds.
       "ANSIBLE_TIMEOUT=300",
+      # Each task's duration and the slowest tasks at the end of the build log: where the build's time goes.
+      "ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks",
       ], var.ansible_strategy_plugins == "" ? [] : [
       "ANSIBLE_STRATEGY_PLUGINS=${var.ansible_strategy_plugins}",
       "ANSIBLE_STRATEGY=mitogen_linear",

@@ -116,6 +116,8 @@ class ConsoleApp(App[None]):
 
     def refresh_tick(self) -> None:
         """Ask the screen in front to reload its data (it runs the I/O in a worker and skips if one is running)."""
+        if not self.screen_stack:  # a tick while the app closes (or between modes) has no screen to refresh
+            return
         refresh = getattr(self.screen, "refresh_data", None)
         if callable(refresh):
             refresh()

@@ -114,6 +114,13 @@ class Counting(ConsoleScreen):
         yield Static("counting")
 
 
+def test_a_tick_with_no_screen_in_front_does_nothing(outage: State) -> None:
+    # Seen in CI under load: the timer fired while the app was closing and `app.screen` raised ScreenStackError.
+    app = make_app(outage)
+    assert not app.screen_stack
+    app.refresh_tick()
+
+
 def test_the_tick_refreshes_the_screen_in_front_only(outage: State, monkeypatch: pytest.MonkeyPatch) -> None:
     import appliance.tui.screens.logs as logs_module
 
