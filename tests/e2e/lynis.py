@@ -103,9 +103,12 @@ def audit_in_container(root: Path, name: str = "e2e-image-lynis") -> Audit:
     profile = "".join(f"skip-test={t}\n" for t in RUNTIME_TESTS + NOT_RUN)
     try:
         subprocess.run([*run, "sh", "-c", "cat > /var/tmp/e2e-lynis.prf"], input=profile, text=True, check=True)
-        subprocess.run([*run, "lynis", "audit", "system", "--quick", "--no-colors", "--profile",
-                        "/var/tmp/e2e-lynis.prf", "--logfile", "/var/tmp/lynis.log", "--report-file",
-                        "/var/tmp/lynis-report.dat"], capture_output=True, check=True, timeout=900)  # fmt: skip
+        audit = subprocess.run([*run, "lynis", "audit", "system", "--quick", "--no-colors", "--profile",
+                                "/var/tmp/e2e-lynis.prf", "--logfile", "/var/tmp/lynis.log", "--report-file",
+                                "/var/tmp/lynis-report.dat"], capture_output=True, text=True, timeout=900)  # fmt: skip
+        if audit.returncode != 0:
+            raise AssertionError(f"lynis failed in the image's container (exit {audit.returncode}):\n"
+                                 f"{audit.stdout[-1500:]}{audit.stderr[-1500:]}")  # fmt: skip
         log = subprocess.run([*run, "cat", "/var/tmp/lynis.log"], capture_output=True, text=True).stdout
         report = subprocess.run([*run, "cat", "/var/tmp/lynis-report.dat"], capture_output=True, text=True).stdout
         return parse(log, report)
@@ -133,9 +136,10 @@ def runtime_findings(sudo: Callable[[str], str]) -> tuple[list[str], list[str]]:
     facts = [f"sysctl: {len(present) - len(differ)} of {len(present)} keys as Lynis's profile expects"]
     facts += [f"  accepted: {k} = {differ[k][0]} ({why})" for k, why in ACCEPTED_SYSCTL.items() if k in differ]
     running, newest = sudo("uname -r; readlink -f /vmlinuz").split()
-    if f"/boot/vmlinuz-{running}" != newest:
-        problems.append(f"the running kernel {running} is not the newest installed ({newest})")
-    facts.append(f"kernel: running the newest installed ({running})")
+    if f"/boot/vmlinuz-{running}" == newest:
+        facts.append(f"kernel: running the newest installed ({running})")
+    else:
+        problems.append(f"the running kernel {running} is not the newest installed ({newest}): reboot it")
     for unit in ("auditd", "apparmor"):
         state = sudo(f"systemctl is-active {unit} || true").strip()
         (facts if state == "active" else problems).append(f"{unit}: {state}")
