@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 CONFIG ?= examples/router.yaml
 
-.PHONY: appliance-prereqs setup deps run test test-fast lint typecheck bench clean wheelhouse ansible-setup molecule-rootfs ansible-lint molecule image-deps image-rootfs image e2e-image
+.PHONY: appliance-prereqs setup deps run test test-prereqs test-image-rootfs test-fast lint typecheck bench clean wheelhouse ansible-setup molecule-rootfs ansible-lint molecule image-deps image-rootfs image e2e-image
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,14 @@ run: setup
 # and pushed the router/peer tests past their start and delivery deadlines (5 timeouts in one run).
 # --dist loadgroup: the boot test's tests (one booted appliance, xdist_group) stay in one worker.
 # The molecule scenarios run beside the suite and set its floor (scenario `default`, ~20 min under load).
+# The set-up's steps run side by side (-j): the venvs and the wheelhouse while mmdebstrap builds the root
+# filesystems (as root), which is mostly waiting on downloads and dpkg.
 TEST_WORKERS ?= 2
-test: setup deps appliance-prereqs
+test:
+	@$(MAKE) --no-print-directory -j4 -O test-prereqs
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25
+
+test-prereqs: setup deps appliance-prereqs
 
 test-fast: setup
 	$(PY) -m pytest -q tests/unit
@@ -68,7 +73,7 @@ wheelhouse: setup
 	echo "$(RELEASE)" > build/wheelhouse/RELEASE
 
 # A Debian 12 root filesystem that molecule boots with systemd-nspawn (needs root, mmdebstrap).
-build/molecule-rootfs/.done: tools/mkrootfs.sh
+build/molecule-rootfs/.done: tools/mkrootfs.sh | deps
 	tools/mkrootfs.sh container build/molecule-rootfs
 	touch $@
 molecule-rootfs: build/molecule-rootfs/.done
@@ -78,11 +83,17 @@ ansible-lint: ansible-setup
 	$(ANSIBLE_VENV)/bin/ansible-lint
 
 # What the appliance tests need; the rootfs only as root (molecule scenarios skip otherwise, fail under CI).
-# As root the image rootfs too (the suite builds the image from it), both at once: two mmdebstraps side by
-# side take about as long as one (mostly waiting on downloads and dpkg's fsyncs).
-appliance-prereqs: ansible-setup wheelhouse
-	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory -j2 -O molecule-rootfs image-rootfs; \
-	 else echo "not root: the molecule scenarios and the image boot test will be skipped (they need root)"; fi
+# As root the image rootfs too (the suite builds the image from it). With -j (make test) both mmdebstraps run
+# beside each other and the venvs: together they take about as long as the slowest alone.
+ifeq ($(shell id -u),0)
+APPLIANCE_ROOTFS = build/molecule-rootfs/.done test-image-rootfs
+endif
+appliance-prereqs: ansible-setup wheelhouse $(APPLIANCE_ROOTFS)
+	@[ "$$(id -u)" = 0 ] || echo "not root: the molecule scenarios and the image boot test will be skipped (they need root)"
+
+# image-rootfs after `deps` (which installs the image's packages too): two apt-get runs at once would collide.
+test-image-rootfs: | deps
+	tools/build-image.sh --rootfs-only
 
 # Every scenario, including the per-role development ones (hardening, network, ops).
 molecule: ansible-setup wheelhouse molecule-rootfs

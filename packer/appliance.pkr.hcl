@@ -110,6 +110,16 @@ variable "cloud_init_seed_dir" {
   default     = ""
 }
 
+variable "ansible_tags" {
+  type        = string
+  description = "Run only these tags of ansible/image.yml in the build VM: image_vm when the offline build has converged the rest in a container of the root filesystem (make image); empty = the whole play (a Debian cloud image)."
+  default     = ""
+  validation {
+    condition     = var.ansible_tags == "" || var.ansible_tags == "image_vm"
+    error_message = "The ansible_tags variable must be empty (the whole play) or image_vm (the build VM's part, after the container part)."
+  }
+}
+
 variable "ansible_strategy_plugins" {
   type        = string
   description = "Directory of Mitogen's strategy plugins (make image passes .venv-ansible's); empty = Ansible's own linear strategy."
@@ -171,11 +181,11 @@ build {
     user          = var.ssh_username
     # Packer 1.6.6's SSH proxy offers only ssh-rsa, which OpenSSH 9 refuses: Ansible connects directly.
     use_proxy = false
-    extra_arguments = [
+    extra_arguments = concat([
       "--extra-vars", "@${var.site_vars}",
       "--extra-vars", "dicom_router_wheelhouse=${var.wheelhouse}",
       "--extra-vars", "appliance_image_version=${var.version}",
-    ]
+    ], var.ansible_tags == "" ? [] : ["--tags", var.ansible_tags])
     # Under software emulation each ordinary task spends ~12 s starting Python modules in the VM; Mitogen's
     # strategy keeps one interpreter there, which makes the whole play several times faster.
     ansible_env_vars = concat([
@@ -194,12 +204,16 @@ build {
     ])
   }
 
-  # The image's package list for the manifest.
+  # The image's package list for the manifest; and no router CA or key may be in the image (the first-boot unit
+  # makes them on each appliance: one made in the build VM would be every appliance's).
   # /var/tmp: the hardening role's noexec /tmp is mounted by now (a service with PrivateTmp= pulls tmp.mount in)
   # and Packer runs its uploaded script from there.
   provisioner "shell" {
     remote_folder = "/var/tmp"
-    inline        = ["dpkg-query -W -f '$${Package}\\t$${Version}\\t$${Architecture}\\n' | sort > /var/tmp/appliance-packages.tsv"]
+    inline = [
+      "dpkg-query -W -f '$${Package}\\t$${Version}\\t$${Architecture}\\n' | sort > /var/tmp/appliance-packages.tsv",
+      "if sudo find /etc/dicom-router/tls -type f 2>/dev/null | grep -q .; then echo 'the build VM has router TLS material (did appliance-firstboot run?): an image must not carry it' >&2; exit 1; fi",
+    ]
   }
   provisioner "file" {
     direction   = "download"

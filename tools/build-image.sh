@@ -2,10 +2,12 @@
 # `make image`: the appliance disk image, offline (path (b) in docs/deployment.md).
 #   tools/build-image.sh SITE_VARS.yml
 # 1. the image root filesystem from Debian's mirror (mmdebstrap; kept in build/image-rootfs between builds),
-# 2. a bootable base disk from it (tools/mkdisk.sh: GPT, GRUB for BIOS and UEFI, a one-off build key),
-#    — or, with IMAGE_BASE=cloud (production path (a), needs internet), Debian's generic cloud image,
-#    checksum-verified, whose build account cloud-init makes from a seed Packer serves,
-# 3. Packer boots it and runs ansible/image.yml over SSH, then seals it (packer/scripts/seal.sh),
+# 2. on a copy of it, at native speed: the router's release, then ansible/image.yml but its build-VM part (tag
+#    image_vm) in a systemd-nspawn container; a bootable base disk from the copy (tools/mkdisk.sh: GPT, GRUB for
+#    BIOS and UEFI, a one-off build key) — or, with IMAGE_BASE=cloud (production path (a), needs internet),
+#    Debian's generic cloud image, checksum-verified, whose build account cloud-init makes from a seed Packer serves,
+# 3. Packer boots it and runs ansible/image.yml over SSH (only the image_vm part after step 2; all of it on the
+#    cloud image), then seals it (packer/scripts/seal.sh),
 # 4. the compressed qcow2 and its manifest in build/:
 #      dicom-router-appliance-<version>.qcow2, .manifest.json, .packages.tsv, .sha256
 # Needs root, about 12 GB free under build/, and the Debian packages named below (checked first).
@@ -114,10 +116,45 @@ env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 PIP_NO_CACHE_D
   venv/bin/pip install --quiet --no-index --find-links wheelhouse dicom-router-appliance
   venv/bin/dicom-router --help >/dev/null
   touch .installed"
+
+# ansible/image.yml at native speed, all but its build-VM part (tag image_vm): the staged root filesystem booted
+# with systemd-nspawn, as the molecule scenarios do, with writes kept. Its own network namespace: nothing is
+# downloaded (the root filesystem has every package the roles want). Under emulation these ~170 tasks took
+# 9-17 minutes in the build VM.
+step "ansible/image.yml in a container of the root filesystem (all but the build VM's part, native speed)"
+container=appliance-image-build
+enter=$(molecule/shared/nspawn-up.sh "$container" "$PWD/$stage" persistent) \
+  || fail "the root filesystem did not boot in a container (systemd-nspawn, see above)"
+trap 'molecule/shared/nspawn-down.sh "$container" >/dev/null 2>&1 || true' EXIT
+cat > "$work/container-inventory.yml" <<EOF
+all:
+  hosts:
+    $container:
+      ansible_connection: community.general.chroot
+      ansible_host: $PWD/$stage
+      ansible_chroot_exe: $enter
+EOF
+ANSIBLE_CONFIG="$PWD/ansible.cfg" ANSIBLE_ROLES_PATH="$PWD/roles" ANSIBLE_FORCE_COLOR=0 \
+ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks ANSIBLE_DEPRECATION_WARNINGS=False \
+  "$ansible_bin/ansible-playbook" -i "$work/container-inventory.yml" ansible/image.yml --skip-tags image_vm \
+  --extra-vars "@$site_vars" --extra-vars "dicom_router_wheelhouse=$PWD/$build/wheelhouse" \
+  --extra-vars "appliance_image_version=$version" \
+  || fail "ansible/image.yml failed in the container of the root filesystem (see above)"
+molecule/shared/nspawn-down.sh "$container"
+trap - EXIT
+rm -f "$work/container-inventory.yml"
+# The first-boot unit is enabled now and must not run in Packer's build VM: it would make SSH host keys and the
+# router's CA and key there, and an image must not carry them. Its marker stops it; seal.sh removes the marker,
+# so it runs on each appliance's first boot. (The path is the dicom_router role's state directory default.)
+[ -d "$stage/var/lib/dicom-router" ] || fail "the play left no /var/lib/dicom-router in the root filesystem"
+touch "$stage/var/lib/dicom-router/.firstboot-done"
+# The container's boot committed a machine-id; each appliance makes its own (seal.sh empties it again).
+: > "$stage/etc/machine-id"
+
 step "base disk"
 tools/mkdisk.sh "$stage" "$work/build_key.pub" "$work/base.qcow2" 8
 rm -rf "$stage"
-base_args=(-var "base_disk=$PWD/$work/base.qcow2")
+base_args=(-var "base_disk=$PWD/$work/base.qcow2" -var "ansible_tags=image_vm")
 else
   fail "IMAGE_BASE must be offline (the default: built here from the Debian mirror) or cloud (Debian's cloud image)"
 fi

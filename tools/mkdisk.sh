@@ -43,11 +43,14 @@ esp_id=$(python3 -c "import secrets; print(secrets.token_hex(4).upper())")
 esp_uuid="${esp_id:0:4}-${esp_id:4:4}"
 
 # --- Files the base disk needs to boot and be reached ------------------------------------------------------
+# The root filesystem's own lines (the image play's /dev/shm options) are kept; the disk's two are ours.
+kept=$(awk '!/^[[:space:]]*(#|$)/ && $2 != "/" && $2 != "/boot/efi"' "$rootfs/etc/fstab" 2>/dev/null || true)
 cat > "$rootfs/etc/fstab" <<EOF
 # <filesystem> <mount point> <type> <options> <dump> <pass>
 UUID=$root_uuid / ext4 errors=remount-ro 0 1
 UUID=$esp_uuid /boot/efi vfat umask=0077,noauto,x-systemd.automount 0 2
 EOF
+[ -z "$kept" ] || printf '%s\n' "$kept" >> "$rootfs/etc/fstab"
 mkdir -p "$rootfs/boot/efi"
 
 # DHCP on whichever interface the hypervisor gives (the console's setup can switch to a static address).

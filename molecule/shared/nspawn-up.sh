@@ -3,17 +3,21 @@
 # tools/mkrootfs.sh, writes kept in a tmpfs overlay (--volatile=overlay) so the rootfs stays clean
 # and every scenario starts from the same state. --private-network: the container's sshd and nftables
 # must not touch the host's network (it gets its own loopback only).
-#   nspawn-up.sh NAME ROOTFS    -> prints the path of the `enter` wrapper for Ansible's chroot connection
+#   nspawn-up.sh NAME ROOTFS [persistent]  -> prints the path of the `enter` wrapper for Ansible's chroot
+#                                             connection; `persistent` writes into ROOTFS itself (the image
+#                                             build converges its staged root filesystem this way)
 set -euo pipefail
 name=${1:?name} rootfs=${2:?rootfs}
 run=/run/appliance-molecule/$name
+volatile=(--volatile=overlay)
+[ "${3:-}" = persistent ] && volatile=()
 
 [ -x "$rootfs/bin/sh" ] || { echo "nspawn-up: no rootfs at $rootfs (make molecule-rootfs)" >&2; exit 2; }
 "$(dirname "$0")/nspawn-down.sh" "$name" >/dev/null 2>&1 || true
 mkdir -p "$run"
 
 setsid systemd-nspawn --quiet --boot --register=no --keep-unit --private-network \
-  --volatile=overlay --console=passive --machine="$name" --directory="$rootfs" \
+  "${volatile[@]}" --console=passive --machine="$name" --directory="$rootfs" \
   >"$run/console.log" 2>&1 </dev/null &
 echo $! >"$run/nspawn.pid"
 

@@ -19,6 +19,16 @@ if [ -d /etc/cloud ]; then
   rm -rf /var/lib/cloud/instances /var/lib/cloud/instance
 fi
 
+# Quiet the loggers first, or the build's last minute (its logout, the power-off) is in every appliance's logs:
+# journald goes on in /run (gone at power-off); the others stop. systemd-update-utmp and systemd-random-seed
+# write when stopped (a shutdown record, the seed): stopped now, what they wrote is removed below. auditd refuses
+# a manual stop and its rules are locked (-e 2): a signal ends it, and the kernel's records go to the journal.
+journalctl --relinquish-var 2>/dev/null || true
+systemctl stop rsyslog.service syslog.socket acct.service systemd-update-utmp.service systemd-random-seed.service \
+  2>/dev/null || true
+systemctl kill --signal=TERM auditd.service 2>/dev/null || true
+say "loggers stopped (journald writes to /run until power-off)"
+
 # Per-appliance identity: made again at first boot.
 rm -f /etc/ssh/ssh_host_*
 : > /etc/machine-id
@@ -30,9 +40,11 @@ say "host keys, machine-id and hostname reset"
 # No history of the build: logs (files kept, emptied: services expect them), journals, shell histories, apt.
 journalctl --rotate >/dev/null 2>&1 || true
 journalctl --vacuum-time=1s >/dev/null 2>&1 || true
-rm -rf /var/log/journal/*/*
+rm -rf /var/log/journal/*
 find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
 find /var/log -type f -exec truncate -s 0 {} +
+# sshd writes the build session's logout into wtmp as the VM powers off: let that write go nowhere.
+[ ! -f /var/log/wtmp ] || mount --bind /dev/null /var/log/wtmp
 # The router's audit trail starts at the first boot (its chain head lives beside it).
 rm -f /var/log/dicom-router/*
 rm -f /root/.bash_history /root/.python_history /root/.lesshst /home/*/.bash_history /home/*/.lesshst

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.appliance import molecule_runner
 
@@ -69,6 +70,41 @@ def test_a_missing_required_variable_is_named_with_its_description(toolchain: No
     assert res.returncode != 0
     assert "dicom_router_nodes is not set (role dicom_router): The DICOM nodes" in " ".join(out.split()), out
     assert "Gathering Facts" not in out  # it stopped before touching the host
+
+
+def _image_tasks(*tag_args: str) -> list[str]:
+    res = _run([str(BIN / "ansible-playbook"), "-i", "localhost,", "--list-tasks", *tag_args, "ansible/image.yml"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = [line.strip() for line in res.stdout.splitlines()]
+    return [line for line in lines if "\tTAGS: [" in line and not line.startswith("play #")]
+
+
+def _tasks_gated_on_containers() -> set[str]:
+    """'role : task name' of every role task that only runs outside a container (its `when` says so)."""
+    names = set()
+    for path in sorted((REPO / "roles").glob("*/tasks/*.yml")):
+        for task in yaml.safe_load(path.read_text()) or []:
+            if "in_container" in str(task.get("when", "")):
+                names.add(f"{path.parts[-3]} : {task['name']}")
+    return names
+
+
+def test_the_image_play_splits_into_a_container_part_and_a_build_vm_part(toolchain: None) -> None:
+    """tools/build-image.sh runs ansible/image.yml in a container with --skip-tags image_vm, then Packer runs it
+    in the build VM with --tags image_vm: every task must run in exactly one of them (checks tagged `always` in
+    both), the lockdown of SSH and the firewall in the VM (the build account logs in before it), and every task
+    that a container skips in the VM — or the image would never get it."""
+    whole = _image_tasks()
+    in_vm = _image_tasks("--tags", "image_vm")
+    in_container = _image_tasks("--skip-tags", "image_vm")
+    always = {task for task in whole if "always" in task.split("TAGS: [")[1].rstrip("]").split(", ")}
+    assert set(in_vm) | set(in_container) == set(whole)
+    assert set(in_vm) & set(in_container) == always
+    vm_names = {task.split("\t")[0] for task in in_vm}
+    assert {"hardening : Write the SSH daemon configuration", "nftables : Write /etc/nftables.conf"} <= vm_names
+    gated = _tasks_gated_on_containers()
+    assert len(gated) >= 8, gated
+    assert gated <= vm_names, f"skipped in the container and not run in the build VM: {sorted(gated - vm_names)}"
 
 
 def test_molecule_scenarios() -> None:

@@ -22,6 +22,7 @@ RC = vm.BUILD / "e2e" / "image-build.rc"
 INPUTS = [
     "appliance", "roles", "ansible", "packer", "tools/mkrootfs.sh", "tools/mkdisk.sh", "tools/build-image.sh",
     "tools/image_manifest.py", "tests/e2e/site-vars.yml", "pyproject.toml", "requirements-appliance.lock",
+    "molecule/shared/nspawn-up.sh", "molecule/shared/nspawn-down.sh",
 ]  # fmt: skip
 
 

@@ -221,11 +221,50 @@ def test_no_unit_failed(appliance: vm.Appliance) -> None:
     assert failed == "", failed
 
 
-def test_lynis_hardening_index(appliance: vm.Appliance, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The built image's root filesystem, mounted read-only: as every appliance receives it, before a boot."""
+    _need_image()
+    with lynis.image_root(vm.IMAGE.resolve(), tmp_path_factory.mktemp("image-root")) as root:
+        yield root
+
+
+def test_the_image_carries_no_identity_and_no_way_in_for_the_build(image_root: Path) -> None:
+    """Every appliance is made from this image: nothing per-machine may be in it (the first-boot unit makes it),
+    and nothing of the build (its account, key, sudo rule, logs). The offline build converges most of the image
+    in a container and stops the first-boot unit in the build VM with its marker: both must leave no trace."""
+    leftovers = [
+        "etc/ssh/ssh_host_*",
+        "var/lib/dicom-router/.firstboot-done",
+        "etc/dicom-router/tls/*",
+        "home/build",
+        "etc/sudoers.d/zz-image-build",
+        "root/.bash_history",
+        "var/log/journal/*",
+        "var/log/dicom-router/*",
+    ]
+    assert [pattern for pattern in leftovers if list(image_root.glob(pattern))] == []
+    # No log of the build either (seal.sh quiets the loggers before the VM powers off).
+    written = [
+        str(f.relative_to(image_root))
+        for f in (image_root / "var/log").rglob("*")
+        if f.is_file() and not f.is_symlink() and f.stat().st_size
+    ]
+    assert written == []
+    assert (image_root / "etc/machine-id").read_text() == ""
+    assert (image_root / "etc/hostname").read_text().strip() == "appliance"
+    accounts = [line.split(":")[0] for line in (image_root / "etc/passwd").read_text().splitlines()]
+    assert "build" not in accounts and "e2e" in accounts
+    # The image play's /dev/shm options survive tools/mkdisk.sh writing the disk's own fstab lines.
+    fstab = (image_root / "etc/fstab").read_text()
+    shm = [fields for fields in map(str.split, fstab.splitlines()) if len(fields) >= 4 and fields[1] == "/dev/shm"]
+    assert shm and "noexec" in shm[0][3].split(","), fstab
+
+
+def test_lynis_hardening_index(appliance: vm.Appliance, image_root: Path) -> None:
     # Lynis audits the image's root filesystem in a container at native speed; what a container cannot show
     # (the kernel's live settings, auditd, AppArmor) is checked in the booted image (tests/e2e/lynis.py).
-    with lynis.image_root(vm.IMAGE.resolve(), tmp_path) as root:
-        audit = lynis.audit_in_container(root)
+    audit = lynis.audit_in_container(image_root)
     problems, facts = lynis.runtime_findings(lambda cmd: appliance.sudo(cmd).stdout)
     lines = lynis.summary(audit, problems, facts)
     # The suite's summary prints this file (tests/conftest.py): a passing test's output is otherwise hidden.
