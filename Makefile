@@ -29,8 +29,7 @@ run: setup
 # The suite includes the appliance: lint, playbook syntax and the molecule scenarios (root: systemd-nspawn).
 # In parallel (pytest-xdist), one worker per core: -n 3 on 2 cores was no faster in wall time under load
 # and pushed the router/peer tests past their start and delivery deadlines (5 timeouts in one run).
-# --dist loadgroup: the boot test's tests (one booted appliance, xdist_group) stay in one worker, which
-# tests/conftest.py hands them only once the image is built (tests/support/scheduling.py).
+# --dist loadgroup: the boot test's tests (one booted appliance, xdist_group) stay in one worker.
 # The molecule scenarios run beside the suite and set its floor (scenario `default`, ~20 min under load).
 # The set-up's steps run side by side (-j): the venvs and the wheelhouse while mmdebstrap builds the root
 # filesystems (as root), which is mostly waiting on downloads and dpkg.

@@ -41,16 +41,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         image_build.start()
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """pytest-xdist, in the controller: loadgroup that hands out the boot test only once its image is built."""
-    if config.getvalue("dist") != "loadgroup":
-        return None
-    from tests.support.scheduling import ImageAwareScheduling
-
-    return ImageAwareScheduling(config, log)
-
-
 _collected_by_workers: set[str] = set()
 _image_build_started: list[bool] = []  # once per session, though every worker reports its collection
 

@@ -68,11 +68,6 @@ def start() -> None:
     STARTED.write_text(f"{proc.pid}\n")
 
 
-def building() -> bool:
-    """A build `start()` began is still running."""
-    return STARTED.exists() and not RC.exists()
-
-
 def stop() -> None:
     """At the session's end: a build still running (the session was interrupted) is stopped with it."""
     if STARTED.exists() and not RC.exists():

@@ -28,9 +28,9 @@ from tests.support.peers import PEER_ENV, StoreSCP, dcmtk, storescu, wait_until
 SERIES = 20
 ROUTER_AE = "DICOM_ROUTER"
 SCP_AE = "HOSTPACS"
-# One booted appliance for the whole file: under xdist every test here runs in the same worker, handed these
-# tests once the image the suite builds in the background is ready (tests/support/scheduling.py). Without xdist
-# the first test's set-up waits for it (~6-13 min): the suite's 600 s per-test timeout would cut that short.
+# One booted appliance for the whole file: under xdist every test here runs in the same worker. The first
+# test's setup waits for the image the suite builds in the background (~15-25 min beside the other tests): the
+# suite's 600 s per-test timeout would cut that wait short.
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("appliance-image"), pytest.mark.timeout(3600)]
 
 
