@@ -145,9 +145,12 @@ trap - EXIT
 rm -f "$work/container-inventory.yml"
 # The first-boot unit is enabled now and must not run in Packer's build VM: it would make SSH host keys and the
 # router's CA and key there, and an image must not carry them. Its marker stops it; seal.sh removes the marker,
-# so it runs on each appliance's first boot. (The path is the dicom_router role's state directory default.)
-[ -d "$stage/var/lib/dicom-router" ] || fail "the play left no /var/lib/dicom-router in the root filesystem"
-touch "$stage/var/lib/dicom-router/.firstboot-done"
+# so it runs on each appliance's first boot. The marker's path is the one the unit's condition names.
+marker=$(sed -n 's/^ConditionPathExists=!//p' "$stage/etc/systemd/system/appliance-firstboot.service" 2>/dev/null || true)
+if [ -n "$marker" ]; then
+  [ -d "$stage${marker%/*}" ] || fail "the play left no ${marker%/*} (the first-boot marker's directory) in the root filesystem"
+  touch "$stage$marker"
+fi
 # The container's boot committed a machine-id; each appliance makes its own (seal.sh empties it again).
 : > "$stage/etc/machine-id"
 

@@ -33,7 +33,9 @@ say "loggers stopped (journald writes to /run until power-off)"
 rm -f /etc/ssh/ssh_host_*
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id /var/lib/systemd/random-seed
-rm -f /var/lib/dicom-router/.firstboot-done
+# The first-boot unit's marker (the image build set it so the unit stays out of the build VM).
+marker=$(sed -n 's/^ConditionPathExists=!//p' /etc/systemd/system/appliance-firstboot.service 2>/dev/null || true)
+[ -z "$marker" ] || rm -f "$marker"
 echo appliance > /etc/hostname
 say "host keys, machine-id and hostname reset"
 
