@@ -25,6 +25,11 @@ from tests.support.data import make_ct_series
 from tests.support.peers import RUNNING, Router, StoreSCP, dest_node, free_port, port_open, storescu, wait_until
 from tests.unit.test_alerts_delivery import SmtpSink, Webhook
 
+# One router for the module, and its counters add up across the tests (3 objects, then a 4th): under
+# pytest-xdist the tests must run in one worker, in file order. Without the group, a worker that ran only the
+# last test waited 60 s for "4 jobs done" on a router of its own that had received 1 (seen in two suite runs).
+pytestmark = pytest.mark.xdist_group("metrics-alerts-router")
+
 
 @dataclass
 class Site:
