@@ -42,7 +42,9 @@ def test_the_same_series_sent_twice_is_delivered_once(tmp_path: Path) -> None:
         _send(router, series)
         router.wait_delivered(5)
         _send(router, series)
-        skipped = wait_until(lambda: router.jobs("--state", "skipped"), 30, "the re-sent objects to be skipped")
+        skipped = wait_until(
+            lambda: router.jobs("--state", "skipped"), 30, "the re-sent objects to be skipped", interval=0.2
+        )
         assert len(skipped) == 5
         # Every object reached storescp exactly once. Skipped jobs are never claimed, so nothing more can come.
         assert _received_uids(scp) == sorted(sop_instance_uid(p) for p in series)
@@ -71,7 +73,9 @@ def test_a_different_object_reusing_a_sop_instance_uid_is_held(tmp_path: Path) -
         _send(router, [original])
         router.wait_delivered(1)
         _send(router, [impostor])
-        (held,) = wait_until(lambda: router.jobs("--state", "held"), 30, "the conflicting object to be held")
+        (held,) = wait_until(
+            lambda: router.jobs("--state", "held"), 30, "the conflicting object to be held", interval=0.2
+        )
         assert held["sop_instance_uid"] == sop_instance_uid(original)
         listing = router.cli("queue", "ls", "--state", "held").stdout
         assert f"{held['id']:>7} held" in listing, listing

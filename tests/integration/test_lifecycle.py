@@ -55,7 +55,7 @@ def test_sigterm_drains_and_loses_nothing(tmp_path: Path) -> None:
     try:
         assert sender.wait(120)
         assert sender.log.acked == {sop_instance_uid(p) for p in files}
-        wait_until(lambda: router.status()["destinations"][0]["backlog"] == 0, 60, "the backlog to drain")
+        wait_until(lambda: router.status()["destinations"][0]["backlog"] == 0, 60, "the backlog to drain", interval=0.2)
         assert {sop_instance_uid(p) for p in scp.files()} >= sender.log.acked
     finally:
         sender.stop.set()
@@ -110,7 +110,7 @@ def test_many_associations_do_not_leak_file_descriptors(tmp_path: Path) -> None:
         )
         print(f"receiver open files: {before} before, {after} after 20 more associations")
         # The same object 21 times: delivered once, the re-sends skipped by the delivery ledger.
-        wait_until(lambda: router.counts().get("skipped", 0) == 20, 60, "20 re-sends skipped")
+        wait_until(lambda: router.counts().get("skipped", 0) == 20, 60, "20 re-sends skipped", interval=0.2)
         assert router.counts().get("done") == 1 and len(scp.files()) == 1
     finally:
         router.stop()

@@ -175,7 +175,7 @@ def test_morph_that_would_make_an_invalid_value_fails_the_job_with_the_reason(tm
     router.start()
     try:
         assert storescu(router.port, series).returncode == 0
-        wait_until(lambda: router.counts().get("failed", 0) == 1, 60, "the job to fail")
+        wait_until(lambda: router.counts().get("failed", 0) == 1, 60, "the job to fail", interval=0.2)
         (job,) = router.jobs()
         assert "would make AccessionNumber invalid" in job["last_error"]
         assert "ACC1234567890123" not in job["last_error"]  # the value may be PHI: never in a message
@@ -241,7 +241,7 @@ def test_deidentified_export_is_consistent_across_resends(tmp_path: Path) -> Non
 
         # A re-sent identical object is skipped by the ledger; sent anyway on request, it keeps its UIDs.
         assert storescu(router.port, first[:1]).returncode == 0
-        skipped = wait_until(lambda: router.jobs("--state", "skipped"), 30, "the re-send to be skipped")
+        skipped = wait_until(lambda: router.jobs("--state", "skipped"), 30, "the re-send to be skipped", interval=0.2)
         assert {j["destination"] for j in skipped} == {"TELERAD", "PARTNER"}
         before = {sop_instance_uid(p) for p in tele.files()}
         tele_job = next(j for j in skipped if j["destination"] == "TELERAD")

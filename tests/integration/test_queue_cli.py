@@ -76,7 +76,7 @@ def test_permanent_refusal_fails_at_once_then_cancel_frees_spool(tmp_path: Path)
         jpeg = PYDICOM_TEST_FILES / "JPEG-lossy.dcm"
         res = router.cli("send", str(jpeg), "--to", f"DICOM_ROUTER@127.0.0.1:{router.port}", "--calling-ae", "PYSCU")
         assert "1/1 stored" in res.stdout
-        wait_until(lambda: router.jobs("--state", "failed"), 30, "the job to fail")
+        wait_until(lambda: router.jobs("--state", "failed"), 30, "the job to fail", interval=0.2)
         job = router.jobs("--state", "failed")[0]
         assert job["attempts"] == 1
         assert "does not accept SOP class" in job["last_error"] and "1.2.840.10008.1.2.4.51" in job["last_error"]
@@ -85,7 +85,7 @@ def test_permanent_refusal_fails_at_once_then_cancel_frees_spool(tmp_path: Path)
 
         # retry puts it back (and it fails again the same way); cancel ends it and frees the spool file.
         assert "retry: 1 job(s) changed" in router.cli("queue", "retry", str(job["id"])).stdout
-        wait_until(lambda: router.jobs("--state", "failed"), 30, "the retried job to fail again")
+        wait_until(lambda: router.jobs("--state", "failed"), 30, "the retried job to fail again", interval=0.2)
         assert (
             "cancel: 1 job(s) changed"
             in router.cli("queue", "cancel", "--destination", "PACS_MAIN", "--state", "failed").stdout

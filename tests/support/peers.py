@@ -8,6 +8,8 @@ Synchronisation is by polling a condition with a deadline, never by fixed sleeps
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import random
@@ -314,23 +316,23 @@ class Router:
         if self not in RUNNING:
             RUNNING.append(self)
         if wait:
-            wait_until(self._ready, 30, "router to listen and both processes to report")
+            wait_until(self._ready, 30, "router to listen and both processes to report", interval=0.1)
         return self
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"router exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-        if not port_open(self.port):
-            return False
         try:
             st = self.status()
         except Exception:
             return False
         procs = st["processes"]
-        return all(
+        running = all(
             procs.get(n, {}).get("running") and procs[n]["pid"] != self._stale_pids.get(n)
             for n in ("receiver", "forwarder")
         )
+        # The port last, once the processes report: every probe is a connection the receiver has to handle.
+        return running and port_open(self.port)
 
     _stale_pids: dict[str, int] = {}
 
@@ -346,12 +348,34 @@ class Router:
             raise AssertionError(f"dicom-router {' '.join(args)} exited {res.returncode}: {res.stderr}{res.stdout}")
         return res
 
+    def read(self, *args: str) -> Any:
+        """A read-only `dicom-router ARGS --json --config …` run in this process (the command's own code and
+        output): the tests poll the router's state while they wait for it, and a process per poll costs ~0.5 s
+        of CPU to start, taken on a busy machine from the router being waited for. The commands as processes
+        are tested in tests/integration/test_queue_cli.py and the tests that call `cli`."""
+        from appliance.router import cli
+
+        out, err = io.StringIO(), io.StringIO()
+        umask = os.umask(0o077)
+        os.umask(umask)  # main() sets the router's umask: this process keeps its own
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code: Any = cli.main([*args, "--json", "--config", str(self.config_path)])
+        except SystemExit as exc:  # e.g. no queue database yet
+            code = exc.code
+        finally:
+            os.umask(umask)
+        if code != 0:
+            raise AssertionError(
+                f"dicom-router {' '.join(args)} --json exited {code}: {err.getvalue()}{out.getvalue()}"
+            )
+        return json.loads(out.getvalue())
+
     def status(self) -> dict[str, Any]:
-        return json.loads(self.cli("status", "--json").stdout)
+        return dict(self.read("status"))
 
     def jobs(self, *filters: str) -> list[dict[str, Any]]:
-        out = json.loads(self.cli("queue", "ls", "--json", "--limit", "100000", *filters).stdout)
-        return list(out["jobs"])
+        return list(self.read("queue", "ls", "--limit", "100000", *filters)["jobs"])
 
     def counts(self) -> dict[str, int]:
         total: dict[str, int] = {}
@@ -361,7 +385,9 @@ class Router:
         return total
 
     def wait_delivered(self, expected_done: int, timeout: float = 120) -> None:
-        wait_until(lambda: self.counts().get("done", 0) >= expected_done, timeout, f"{expected_done} jobs done")
+        wait_until(
+            lambda: self.counts().get("done", 0) >= expected_done, timeout, f"{expected_done} jobs done", interval=0.2
+        )
 
     def stop(self) -> int | None:
         if self.proc and self.proc.poll() is None:
