@@ -3,8 +3,9 @@ through it from DCMTK storescu on the host to a storescp on the host (via qemu's
 
 Needs the image the boot test's site variables make (`make e2e-image`): run as root, the suite builds it in
 the background when it is missing or older than its sources (tests/e2e/image_build.py). Without it these tests
-skip off CI and fail under CI. The tests share one booted appliance and run in file order (setup → routing →
-checks that depend on the site config); test_uefi_boot.py boots the image a second time, with UEFI firmware."""
+skip off CI and fail under CI. The image boots twice at once, with BIOS and with UEFI firmware: the first test
+checks the UEFI boot and stops it; the others share the BIOS appliance and run in file order (setup → routing →
+checks that depend on the site config)."""
 
 from __future__ import annotations
 
@@ -51,15 +52,27 @@ def _need_image() -> None:
 
 
 @pytest.fixture(scope="module")
-def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vm.Appliance]:
+def appliances(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, vm.Appliance]]:
+    """The image started twice, side by side: with BIOS (the appliance of every test but the first) and with UEFI
+    firmware (OVMF). Booting both at once keeps the second boot off the end of the suite, where it would run
+    alone on an otherwise idle core."""
     _need_image()
-    box = vm.Appliance(tmp_path_factory.mktemp("appliance")).start()
+    boxes = {fw: vm.Appliance(tmp_path_factory.mktemp(f"appliance-{fw}"), firmware=fw) for fw in ("bios", "uefi")}
     try:
-        box.wait_ready()
-        print(f"\nappliance (BIOS, {vm.accelerator()}) ready {box.booted_after:.0f} s after qemu started")
-        yield box
+        for box in boxes.values():
+            box.start()
+        yield boxes
     finally:
-        box.stop()
+        for box in boxes.values():
+            box.stop()
+
+
+@pytest.fixture(scope="module")
+def appliance(appliances: dict[str, vm.Appliance]) -> vm.Appliance:
+    box = appliances["bios"]
+    box.wait_ready()
+    print(f"\nappliance (BIOS, {vm.accelerator()}) ready {box.booted_after:.0f} s after qemu started")
+    return box
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +102,16 @@ def site_config(pacs_port: int) -> str:
           - name: everything-to-host-pacs
             to: [HOST_PACS]
         """)
+
+
+def test_the_image_boots_with_uefi_firmware_too(appliances: dict[str, vm.Appliance]) -> None:
+    """GRUB from the EFI system partition's removable path, then the same system up with nothing failed."""
+    box = appliances["uefi"]
+    box.wait_ready()
+    print(f"\nappliance (UEFI, {vm.accelerator()}) ready {box.booted_after:.0f} s after qemu started")
+    assert box.ssh("test -d /sys/firmware/efi && echo efi").stdout.strip() == "efi"
+    assert box.sudo("systemctl --failed --no-legend --plain").stdout.strip() == ""
+    box.stop()  # its emulated CPUs go back to the tests that follow
 
 
 def test_first_boot_made_this_appliance_its_own(appliance: vm.Appliance) -> None:

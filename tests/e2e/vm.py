@@ -47,7 +47,8 @@ class Appliance:
     dicom_port: int = field(default_factory=free_port)
     ssh_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
-    booted_after: float = 0.0
+    started_at: float = 0.0  # time.monotonic() when qemu was started
+    booted_after: float = 0.0  # seconds from qemu's start to ready
 
     @property
     def serial_log(self) -> Path:
@@ -72,6 +73,7 @@ class Appliance:
             vars_copy.write_bytes(OVMF_VARS.read_bytes())
             args += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                      "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]  # fmt: skip
+        self.started_at = time.monotonic()
         self.proc = subprocess.Popen(args, stdout=open(self.workdir / f"qemu-{self.firmware}.log", "ab"),
                                      stderr=subprocess.STDOUT)  # fmt: skip
         return self
@@ -86,7 +88,7 @@ class Appliance:
             r = self.ssh("systemctl is-system-running --wait", timeout=120, check=False)
             last = (r.stdout + r.stderr).strip()
             if r.returncode in (0, 1) and last.splitlines()[-1:] in (["running"], ["degraded"]):
-                self.booted_after = time.monotonic() - started
+                self.booted_after = time.monotonic() - self.started_at
                 return
             time.sleep(3)
         raise TimeoutError(f"the appliance was not ready after {timeout:.0f} s ({last}); serial:\n{self.tail()}")
