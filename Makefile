@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 CONFIG ?= examples/router.yaml
 
-.PHONY: appliance-prereqs setup deps run test test-prereqs test-image-rootfs test-fast lint typecheck bench clean wheelhouse ansible-setup molecule-rootfs ansible-lint molecule image-deps image-rootfs image e2e-image
+.PHONY: appliance-prereqs setup deps run test test-prereqs test-fast lint typecheck bench clean wheelhouse ansible-setup ansible-lint molecule image-deps image-rootfs image e2e-image
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +30,9 @@ run: setup
 # In parallel (pytest-xdist), one worker per core: -n 3 on 2 cores was no faster in wall time under load
 # and pushed the router/peer tests past their start and delivery deadlines (5 timeouts in one run).
 # --dist loadgroup: the boot test's tests (one booted appliance, xdist_group) stay in one worker.
-# The molecule scenarios run beside the suite and set its floor (scenario `default`, ~20 min under load).
+# The molecule scenarios and the image build run beside the rest of the suite.
 # The set-up's steps run side by side (-j): the venvs and the wheelhouse while mmdebstrap builds the root
-# filesystems (as root), which is mostly waiting on downloads and dpkg.
+# filesystem (as root), which is mostly waiting on downloads and dpkg.
 TEST_WORKERS ?= 2
 test:
 	@$(MAKE) --no-print-directory -j4 -O test-prereqs
@@ -72,31 +72,21 @@ wheelhouse: setup
 	$(PY) -m pip wheel --quiet -c requirements-appliance.lock . -w build/wheelhouse
 	echo "$(RELEASE)" > build/wheelhouse/RELEASE
 
-# A Debian 12 root filesystem that molecule boots with systemd-nspawn (needs root, mmdebstrap).
-build/molecule-rootfs/.done: tools/mkrootfs.sh | deps
-	tools/mkrootfs.sh container build/molecule-rootfs
-	touch $@
-molecule-rootfs: build/molecule-rootfs/.done
-
 ansible-lint: ansible-setup
 	$(ANSIBLE_VENV)/bin/yamllint -s .
 	$(ANSIBLE_VENV)/bin/ansible-lint
 
-# What the appliance tests need; the rootfs only as root (molecule scenarios skip otherwise, fail under CI).
-# As root the image rootfs too (the suite builds the image from it). With -j (make test) both mmdebstraps run
-# beside each other and the venvs: together they take about as long as the slowest alone.
+# What the appliance tests need; the root filesystem only as root (the molecule scenarios boot it and the suite
+# builds the image from it; without root they skip, and fail under CI). With -j (make test) mmdebstrap runs
+# beside the venvs and the wheelhouse.
 ifeq ($(shell id -u),0)
-APPLIANCE_ROOTFS = build/molecule-rootfs/.done test-image-rootfs
+APPLIANCE_ROOTFS = image-rootfs
 endif
 appliance-prereqs: ansible-setup wheelhouse $(APPLIANCE_ROOTFS)
 	@[ "$$(id -u)" = 0 ] || echo "not root: the molecule scenarios and the image boot test will be skipped (they need root)"
 
-# image-rootfs after `deps` (which installs the image's packages too): two apt-get runs at once would collide.
-test-image-rootfs: | deps
-	tools/build-image.sh --rootfs-only
-
 # Every scenario, including the per-role development ones (hardening, network, ops).
-molecule: ansible-setup wheelhouse molecule-rootfs
+molecule: ansible-setup wheelhouse image-rootfs
 	PATH=$(CURDIR)/$(ANSIBLE_VENV)/bin:$$PATH $(ANSIBLE_VENV)/bin/molecule test --all
 
 # --- The appliance image (packer/, docs/deployment.md) ------------------------------------------------------
@@ -107,8 +97,10 @@ image-deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $(IMAGE_DEBS); }
 
-# The image's Debian root filesystem (mmdebstrap; kept in build/image-rootfs while tools/mkrootfs.sh is unchanged).
-image-rootfs: image-deps
+# The appliance's Debian root filesystem: the image is made from it and molecule's containers boot it (root,
+# mmdebstrap; kept in build/image-rootfs while tools/mkrootfs.sh is unchanged). After `deps`, which installs
+# mmdebstrap and the image's packages: two apt-get runs at once would collide.
+image-rootfs: | deps
 	tools/build-image.sh --rootfs-only
 
 # build/dicom-router-appliance-<version>.qcow2 and its manifest, for the site in IMAGE_VARS (root).

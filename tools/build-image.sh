@@ -22,20 +22,21 @@ ansible_bin=${ANSIBLE_BIN:-$PWD/.venv-ansible/bin}
 fail() { echo "make image: $*" >&2; exit 2; }
 step() { echo "== $(date +%T) $*"; }
 
-# The image's root filesystem from Debian's mirror, kept between builds and rebuilt when its recipe changes.
+# The image's root filesystem from Debian's mirror (molecule's too), kept between builds and rebuilt when its
+# recipe changes.
 image_rootfs() {
   local recipe
   recipe=$(sha256sum tools/mkrootfs.sh | cut -c1-16)
   if [ "$(cat "$rootfs/.recipe" 2>/dev/null)" != "$recipe" ]; then
     step "root filesystem from Debian's mirror (mmdebstrap)"
-    tools/mkrootfs.sh image "$rootfs"
+    tools/mkrootfs.sh "$rootfs"
     echo "$recipe" > "$rootfs/.recipe"
   else
     step "root filesystem: reusing $rootfs"
   fi
 }
 
-# `make image-rootfs`: only that (the test suite's set-up makes it beside the molecule rootfs).
+# `make image-rootfs`: only that (the test suite's set-up; molecule's containers boot it too).
 if [ "${1:-}" = --rootfs-only ]; then
   [ "$(id -u)" = 0 ] || fail "needs root (mmdebstrap): run it with sudo"
   image_rootfs

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The offline base disk (path (b) of docs/deployment.md): a bootable Debian 12 disk from the image rootfs
-# (tools/mkrootfs.sh image), for Packer's qemu builder (disk_image = true).
+# (tools/mkrootfs.sh), for Packer's qemu builder (disk_image = true).
 #   tools/mkdisk.sh ROOTFS_DIR BUILD_KEY.pub OUT.qcow2 [SIZE_GIB]
 # GPT: 1 MiB bios_grub (GRUB's core for BIOS) · 127 MiB EFI system partition (GRUB standalone at the removable
 # path, so no NVRAM entry is needed) · root ext4 on the rest. The filesystems are made from directories
@@ -20,8 +20,8 @@ for tool in sfdisk mkfs.ext4 mkfs.vfat mcopy mmd losetup qemu-img python3 chroot
   command -v "$tool" >/dev/null || fail "$tool is missing: apt-get install fdisk e2fsprogs dosfstools mtools qemu-utils"
 done
 [ -x "$rootfs/usr/bin/grub-mkimage" ] && [ -d "$rootfs/usr/lib/grub/i386-pc" ] && [ -d "$rootfs/usr/lib/grub/x86_64-efi" ] \
-  || fail "$rootfs has no GRUB for BIOS and UEFI: build it with tools/mkrootfs.sh image"
-ls "$rootfs"/boot/vmlinuz-* >/dev/null 2>&1 || fail "$rootfs has no kernel: build it with tools/mkrootfs.sh image"
+  || fail "$rootfs has no GRUB for BIOS and UEFI: build it with tools/mkrootfs.sh"
+ls "$rootfs"/boot/vmlinuz-* >/dev/null 2>&1 || fail "$rootfs has no kernel: build it with tools/mkrootfs.sh"
 [ -s "$build_key" ] || fail "build key $build_key is missing or empty"
 
 work="$out.work"

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Build a Debian 12 root filesystem from Debian's mirror with mmdebstrap.
-#   tools/mkrootfs.sh container OUT_DIR   # for molecule: systemd-nspawn boots it (no kernel)
-#   tools/mkrootfs.sh image OUT_TAR       # for the appliance image: adds kernel and boot loaders
-# Packages the roles install are baked in, because the test containers have no network
-# (systemd-nspawn --private-network): the roles then find them present and change nothing.
+# The Debian 12 root filesystem of the appliance, from Debian's mirror with mmdebstrap:
+#   tools/mkrootfs.sh OUT_DIR
+# The image is made from it (tools/build-image.sh keeps it in build/image-rootfs) and molecule's scenarios
+# boot it with systemd-nspawn (molecule/shared/nspawn-up.sh), so the roles are tested on the packages the
+# image carries. The packages the roles install are baked in: the test containers have no network
+# (systemd-nspawn --private-network), and the roles then find them present and change nothing.
 set -euo pipefail
 
-kind=${1:?usage: mkrootfs.sh container|image OUT}
-out=${2:?usage: mkrootfs.sh container|image OUT}
+out=${1:?usage: mkrootfs.sh OUT_DIR}
 
 command -v mmdebstrap >/dev/null || {
   echo "mkrootfs: mmdebstrap is missing: apt-get install mmdebstrap" >&2; exit 2; }
@@ -15,34 +15,31 @@ command -v mmdebstrap >/dev/null || {
 # What every appliance has: systemd, sshd for Ansible, Python for its modules,
 # and what the roles install (hardening, chrony, nftables, logrotate, router, console).
 # The hardening role's also: libpam-tmpdir, needrestart, debsums, acct, AIDE, USBGuard.
-base=(systemd-sysv dbus openssh-server python3 python3-apt python3-venv sudo iproute2 procps
+# To boot on its own: kernel, initramfs, GRUB for BIOS and UEFI, systemd-networkd (in systemd) with resolved,
+# growpart for a disk made larger than the image, Lynis for the hardening report. (In a container the kernel
+# and GRUB are only files; udev does not start there.)
+pkgs=(systemd-sysv dbus openssh-server python3 python3-apt python3-venv sudo iproute2 procps
       ca-certificates chrony nftables auditd apparmor apparmor-utils unattended-upgrades
       apt-listchanges logrotate rsyslog libpam-pwquality cracklib-runtime dcmtk locales less
-      libpam-tmpdir needrestart debsums acct aide aide-common usbguard)
-case "$kind" in
-  container) extra=() ;;
-  # The image boots on its own: kernel, initramfs, GRUB for BIOS and UEFI, systemd-networkd (in systemd)
-  # with resolved, growpart for a disk made larger than the image, Lynis for the hardening report.
-  image) extra=(linux-image-amd64 initramfs-tools udev grub2-common grub-pc-bin grub-efi-amd64-bin
-                systemd-resolved cloud-guest-utils lynis) ;;
-  *) echo "mkrootfs: unknown kind '$kind' (container or image)" >&2; exit 2 ;;
-esac
+      libpam-tmpdir needrestart debsums acct aide aide-common usbguard
+      linux-image-amd64 initramfs-tools udev grub2-common grub-pc-bin grub-efi-amd64-bin
+      systemd-resolved cloud-guest-utils lynis)
 
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 security=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
-pkgs=$(IFS=,; echo "${base[*]}${extra[*]:+,${extra[*]}}")
 
 tmp="$out.tmp"
 rm -rf "$tmp"
 mkdir -p "$(dirname "$out")"
 # Keep the package lists: roles then see a fresh apt cache and never need the network.
-mmdebstrap --variant=minbase --include="$pkgs" --skip=cleanup/apt/lists \
+mmdebstrap --variant=minbase --include="$(IFS=,; echo "${pkgs[*]}")" --skip=cleanup/apt/lists \
   --aptopt='APT::Install-Recommends "false"' \
   --customize-hook='echo appliance > "$1/etc/hostname"' \
+  --customize-hook='printf "127.0.0.1\tlocalhost\n127.0.1.1\tappliance\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n" > "$1/etc/hosts"' \
   --customize-hook='rm -f "$1/etc/machine-id"; touch "$1/etc/machine-id"' \
   bookworm "$tmp" \
   "deb $mirror bookworm main" "deb $mirror bookworm-updates main" \
   "deb $security bookworm-security main"
 rm -rf "$out"
 mv "$tmp" "$out"
-echo "mkrootfs: $kind rootfs in $out"
+echo "mkrootfs: root filesystem in $out"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Boot a throwaway Debian 12 container for molecule: systemd-nspawn of the rootfs made by
+# Boot a throwaway Debian 12 container for molecule: systemd-nspawn of the image's root filesystem made by
 # tools/mkrootfs.sh, writes kept in a tmpfs overlay (--volatile=overlay) so the rootfs stays clean
 # and every scenario starts from the same state. --private-network: the container's sshd and nftables
 # must not touch the host's network (it gets its own loopback only).
@@ -12,7 +12,7 @@ run=/run/appliance-molecule/$name
 volatile=(--volatile=overlay)
 [ "${3:-}" = persistent ] && volatile=()
 
-[ -x "$rootfs/bin/sh" ] || { echo "nspawn-up: no rootfs at $rootfs (make molecule-rootfs)" >&2; exit 2; }
+[ -x "$rootfs/bin/sh" ] || { echo "nspawn-up: no rootfs at $rootfs (make image-rootfs)" >&2; exit 2; }
 "$(dirname "$0")/nspawn-down.sh" "$name" >/dev/null 2>&1 || true
 mkdir -p "$run"
 

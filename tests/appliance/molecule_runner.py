@@ -52,8 +52,8 @@ def missing_prerequisite() -> str | None:
         return "systemd-nspawn (apt install systemd-container)"
     if not (BIN / "molecule").exists():
         return "the Ansible toolchain (make ansible-setup)"
-    if not (REPO / "build/molecule-rootfs/.done").exists():
-        return "the test rootfs (make molecule-rootfs)"
+    if not (REPO / "build/image-rootfs/.recipe").exists():
+        return "the image's root filesystem (make image-rootfs)"
     if not (REPO / "build/wheelhouse/RELEASE").exists():
         return "the wheelhouse (make wheelhouse)"
     return None

@@ -1,7 +1,7 @@
 """The Ansible side of the appliance: lint, syntax, the inventory check, and the suite's molecule scenarios.
 
-Molecule boots systemd-nspawn containers of build/molecule-rootfs (root, mmdebstrap, systemd-container);
-`make test` builds the rootfs, the wheelhouse and .venv-ansible first. Without root these tests skip
+Molecule boots systemd-nspawn containers of the image's root filesystem, build/image-rootfs (root, mmdebstrap,
+systemd-container); `make test` builds it, the wheelhouse and .venv-ansible first. Without root these tests skip
 locally and fail under CI.
 """
 

@@ -130,6 +130,11 @@ def test_first_boot_made_this_appliance_its_own(appliance: vm.Appliance) -> None
     )
     assert "no-build-account" in out and "zz-image-build" not in out, out
     assert "machine-id" in out
+    # /etc/hosts as a Debian install has it (localhost without DNS), with the new name on 127.0.1.1.
+    hosts = appliance.ssh("cat /etc/hosts; getent hosts $(hostname)").stdout
+    assert re.search(r"^127\.0\.0\.1\s+localhost$", hosts, re.M), hosts
+    assert re.search(r"^::1\s+localhost\b", hosts, re.M), hosts
+    assert len(re.findall(r"^127\.0\.1\.1\s+dicom-router-[0-9a-f]{6}$", hosts, re.M)) == 2, hosts  # file, lookup
     # The first boot's TLS initialisation is the first entry of an intact audit trail.
     verify = appliance.sudo(
         "dicom-router audit verify --json --config /usr/local/share/appliance-firstboot-router.yaml"
@@ -189,13 +194,16 @@ def test_a_series_is_routed_through_the_appliance(appliance: vm.Appliance, pacs:
     assert sent.returncode == 0, sent.stderr
 
     # Done = storescp answered the appliance's C-STORE, which it does after writing the file: reading the files
-    # as soon as 20 exist could catch the last one half-written.
+    # as soon as 20 exist could catch the last one half-written. The files are counted on the host first: each
+    # `dicom-router status` in the emulated guest is seconds of its CPU.
+    wait_until(lambda: len(pacs.files()) >= SERIES, 300, f"{SERIES} files at the host's storescp", interval=1)
+
     def delivered() -> dict[str, Any] | None:
         status = json.loads(appliance.sudo("dicom-router status --json").stdout)
         (dest,) = status["destinations"]
         return status if dest["counts"]["done"] + dest["counts"]["failed"] >= SERIES else None
 
-    status = wait_until(delivered, 300, f"{SERIES} objects delivered to the host's storescp", interval=3)
+    status = wait_until(delivered, 120, f"{SERIES} objects delivered to the host's storescp", interval=3)
 
     def content(ds: pydicom.Dataset) -> tuple[str, str]:
         return ds.SOPInstanceUID, hashlib.sha256(ds.PixelData).hexdigest()
