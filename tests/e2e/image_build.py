@@ -63,7 +63,7 @@ def start() -> None:
         return
     LOG.parent.mkdir(parents=True, exist_ok=True)
     script = f"make --no-print-directory e2e-image > {LOG} 2>&1; echo $? > {RC}"  # it records the digest
-    proc = subprocess.Popen(["sh", "-c", script], cwd=vm.REPO, start_new_session=True, preexec_fn=vm.ahead_of_the_suite,
+    proc = subprocess.Popen(["sh", "-c", script], cwd=vm.REPO, start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     STARTED.write_text(f"{proc.pid}\n")
 

@@ -29,24 +29,6 @@ SSH_OPTS = [
 ]  # fmt: skip
 
 
-# The image build and the boot test after it are the suite's longest chain: the other tests have time to
-# spare beside it. So the build and the booted VMs get more of the CPU (nice -5; root only, as they are): the
-# rest of the suite fills in around them instead of stretching them.
-CHAIN_NICE = -5
-
-
-def ahead_of_the_suite() -> None:
-    """A child's pre-exec hook: run at CHAIN_NICE (a process without the privilege keeps its priority). A child
-    in a session of its own (the image build) is also its own scheduling group where the kernel groups by
-    session (autogroup): nice only ranks processes inside a group, so the group's own weight is raised too."""
-    try:
-        os.nice(CHAIN_NICE)
-        if os.getsid(0) == os.getpid():
-            Path("/proc/self/autogroup").write_text(f"{CHAIN_NICE}\n")
-    except OSError:  # no privilege, or no autogroup in this kernel
-        pass
-
-
 def manifest() -> dict[str, object] | None:
     path = IMAGE.resolve().with_suffix(".manifest.json")
     return json.loads(path.read_text()) if path.exists() else None
@@ -93,7 +75,7 @@ class Appliance:
                      "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]  # fmt: skip
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(args, stdout=open(self.workdir / f"qemu-{self.firmware}.log", "ab"),
-                                     stderr=subprocess.STDOUT, preexec_fn=ahead_of_the_suite)  # fmt: skip
+                                     stderr=subprocess.STDOUT)  # fmt: skip
         return self
 
     def wait_ready(self, timeout: float = 600) -> None:

@@ -17,10 +17,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from appliance.router import status
-from appliance.router.config import load_config
 from appliance.router.metrics_export import scrape
-from appliance.router.store import Store
 from tests.support.data import make_ct_series
 from tests.support.peers import RUNNING, Router, StoreSCP, dest_node, free_port, port_open, storescu, wait_until
 from tests.unit.test_alerts_delivery import SmtpSink, Webhook
@@ -84,30 +81,20 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         syslog.close()
 
 
-def _status(router: Router) -> dict[str, Any]:
-    """`status --json` read in this process: polling the CLI would start a Python process per poll."""
-    cfg = load_config(router.config_path)
-    store = Store(cfg.db_path, durable=False)
-    try:
-        return status.collect(cfg, store)
-    finally:
-        store.close()
-
-
 def _running(router: Router) -> bool:
     if router.proc is not None and router.proc.poll() is not None:
         raise RuntimeError(f"router exited with {router.proc.returncode}:\n{router.log_text()[-3000:]}")
     if not port_open(router.port) or not router.config_path.exists():
         return False
     try:
-        procs = _status(router)["processes"]
+        procs = router.status()["processes"]
     except Exception:  # the database may not exist yet
         return False
     return all(procs.get(n, {}).get("running") for n in ("receiver", "forwarder", "scheduler"))
 
 
 def _done(router: Router) -> int:
-    return sum(d["counts"]["done"] for d in _status(router)["destinations"])
+    return sum(d["counts"]["done"] for d in router.status()["destinations"])
 
 
 def _scrape(url: str) -> dict[str, float] | None:
@@ -147,11 +134,11 @@ def _events(webhook: Webhook, key: str) -> list[dict[str, Any]]:
 
 def test_a_crashing_forwarder_raises_the_restarts_alert_on_every_channel(site: Site) -> None:
     router = site.router
-    old = _status(router)["processes"]["forwarder"]["pid"]
+    old = router.status()["processes"]["forwarder"]["pid"]
     os.kill(old, signal.SIGKILL)
 
     def forwarder_back() -> bool:
-        p = _status(router)["processes"].get("forwarder", {})
+        p = router.status()["processes"].get("forwarder", {})
         return bool(p.get("running") and p["pid"] != old)
 
     wait_until(forwarder_back, 30, "the supervisor to restart the forwarder", interval=0.2)
@@ -168,7 +155,7 @@ def test_a_crashing_forwarder_raises_the_restarts_alert_on_every_channel(site: S
     line = next(d for d in datagrams if key in d)
     assert line.startswith("<163>1 ")  # local4 (20) * 8 + err (3)
 
-    st = _status(router)
+    st = router.status()
     assert any("the forwarder process exited unexpectedly 1 time(s)" in p for p in st["problems"])
     assert key in [a["key"] for a in st["alerts"]["active"]]
     assert "ALERTS (delivered to syslog, smtp, webhook)" in status.render(st)
@@ -191,7 +178,7 @@ def test_a_metrics_port_clash_is_a_clear_error_and_dicom_keeps_flowing(site: Sit
         router.write_config()
         router.reload()
         clash = f"metrics port {taken} on 127.0.0.1 is in use by another process — change metrics.port"
-        wait_until(lambda: any(clash in p for p in _status(router)["problems"]), 30, "the clash in status")
+        wait_until(lambda: any(clash in p for p in router.status()["problems"]), 30, "the clash in status")
         assert any(e["level"] == "error" and clash in e["message"] for e in _log_entries(router))
         res = storescu(router.port, site.files[3:])
         assert res.returncode == 0, res.stderr[-2000:]
@@ -206,4 +193,4 @@ def test_a_metrics_port_clash_is_a_clear_error_and_dicom_keeps_flowing(site: Sit
     # the forwarder releases its association after 5 s idle: then the association's lifetime is observed
     out = 'dicom_router_association_duration_seconds_count{direction="out",node="PACS"}'
     wait_until(lambda: (_scrape(url) or {}).get(out), 20, "the outbound association's duration", interval=0.5)
-    wait_until(lambda: not any("metrics port" in p for p in _status(router)["problems"]), 30, "the problem to clear")
+    wait_until(lambda: not any("metrics port" in p for p in router.status()["problems"]), 30, "the problem to clear")
