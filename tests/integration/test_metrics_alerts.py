@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from appliance.router import status
 from appliance.router.metrics_export import scrape
 from tests.support.data import make_ct_series
 from tests.support.peers import RUNNING, Router, StoreSCP, dest_node, free_port, port_open, storescu, wait_until
