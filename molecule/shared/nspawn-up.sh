@@ -4,8 +4,9 @@
 # and every scenario starts from the same state. --private-network: the container's sshd and nftables
 # must not touch the host's network (it gets its own loopback only).
 #   nspawn-up.sh NAME ROOTFS [persistent]  -> prints the path of the `enter` wrapper for Ansible's chroot
-#                                             connection; `persistent` writes into ROOTFS itself (the image
-#                                             build converges its staged root filesystem this way)
+#                                             connection (Mitogen's finds `machinectl` beside it); `persistent`
+#                                             writes into ROOTFS itself (the image build converges its staged
+#                                             root filesystem this way)
 set -euo pipefail
 name=${1:?name} rootfs=${2:?rootfs}
 run=/run/appliance-molecule/$name
@@ -43,6 +44,17 @@ exec nsenter -t $leader -m -u -i -n -p -C -r -w \\
   env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "\$@"
 WRAP
 chmod 755 "$run/enter"
+
+# Under Mitogen (its setns transport, `ansible_connection: machinectl`) Ansible asks `machinectl status NAME` for
+# the container's leader PID and enters its namespaces itself, keeping one Python interpreter in the container
+# for the whole play instead of one per task. The container is not registered with machined (--register=no):
+# this stand-in answers that one question. The host variable mitogen_machinectl_path names it.
+cat >"$run/machinectl" <<SHIM
+#!/bin/sh
+[ "\$1 \$2" = "status $name" ] || { echo "this stand-in answers only: machinectl status $name" >&2; exit 1; }
+echo "Leader: $leader"
+SHIM
+chmod 755 "$run/machinectl"
 
 # Wait for systemd to finish booting ("degraded" is fine: chrony and auditd cannot run in a container).
 state=""
