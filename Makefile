@@ -31,8 +31,7 @@ run: setup
 # and pushed the router/peer tests past their start and delivery deadlines (5 timeouts in one run).
 # --dist loadgroup: the boot test's tests (one booted appliance, xdist_group) stay in one worker.
 # The molecule scenarios and the image build run beside the rest of the suite.
-# The set-up's steps run side by side (-j): the venvs and the wheelhouse while mmdebstrap builds the root
-# filesystem (as root), which is mostly waiting on downloads and dpkg.
+# The set-up's steps run side by side (-j): the venvs and the wheelhouse.
 TEST_WORKERS ?= 2
 test:
 	@$(MAKE) --no-print-directory -j4 -O test-prereqs
@@ -76,13 +75,10 @@ ansible-lint: ansible-setup
 	$(ANSIBLE_VENV)/bin/yamllint -s .
 	$(ANSIBLE_VENV)/bin/ansible-lint
 
-# What the appliance tests need; the root filesystem only as root (the molecule scenarios boot it and the suite
-# builds the image from it; without root they skip, and fail under CI). With -j (make test) mmdebstrap runs
-# beside the venvs and the wheelhouse.
-ifeq ($(shell id -u),0)
-APPLIANCE_ROOTFS = image-rootfs
-endif
-appliance-prereqs: ansible-setup wheelhouse $(APPLIANCE_ROOTFS)
+# What the appliance tests need before the suite starts. Not the image's root filesystem (root, mmdebstrap): the
+# molecule scenarios and the image build make it when they start, beside the rest of the suite, which does not
+# need it (its mmdebstrap is mostly downloads and one dpkg at a time: the suite's tests fill the idle core).
+appliance-prereqs: ansible-setup wheelhouse
 	@[ "$$(id -u)" = 0 ] || echo "not root: the molecule scenarios and the image boot test will be skipped (they need root)"
 
 # Every scenario, including the per-role development ones (hardening, network, ops).

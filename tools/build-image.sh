@@ -23,17 +23,26 @@ fail() { echo "make image: $*" >&2; exit 2; }
 step() { echo "== $(date +%T) $*"; }
 
 # The image's root filesystem from Debian's mirror (molecule's too), kept between builds and rebuilt when its
-# recipe changes.
+# recipe changes. One build at a time: the test suite's molecule scenarios and its image build all ask for it
+# as they start; the first builds it, the others wait on the lock and reuse it.
 image_rootfs() {
   local recipe
   recipe=$(sha256sum tools/mkrootfs.sh | cut -c1-16)
+  mkdir -p "$build"
+  exec 9>"$build/image-rootfs.lock"
+  if ! flock -n 9; then
+    step "root filesystem: waiting for the build of $rootfs that is running"
+    flock 9
+  fi
   if [ "$(cat "$rootfs/.recipe" 2>/dev/null)" != "$recipe" ]; then
     step "root filesystem from Debian's mirror (mmdebstrap)"
+    rm -f "$rootfs/.recipe"
     tools/mkrootfs.sh "$rootfs"
     echo "$recipe" > "$rootfs/.recipe"
   else
     step "root filesystem: reusing $rootfs"
   fi
+  exec 9>&-
 }
 
 # `make image-rootfs`: only that (the test suite's set-up; molecule's containers boot it too).

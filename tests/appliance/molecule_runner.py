@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -55,8 +56,8 @@ def missing_prerequisite() -> str | None:
         return "systemd-nspawn (apt install systemd-container)"
     if not (BIN / "molecule").exists():
         return "the Ansible toolchain (make ansible-setup)"
-    if not (REPO / "build/image-rootfs/.recipe").exists():
-        return "the image's root filesystem (make image-rootfs)"
+    if shutil.which("mmdebstrap") is None and not (REPO / "build/image-rootfs/.recipe").exists():
+        return "mmdebstrap, for the image's root filesystem (apt install mmdebstrap)"
     if not (REPO / "build/wheelhouse/RELEASE").exists():
         return "the wheelhouse (make wheelhouse)"
     return None
@@ -77,13 +78,18 @@ def start() -> None:
     for name in SUITE_SCENARIOS:
         log = logs_dir / f"{name}.log"
         scenario_env = {**env, **mitogen_env()} if name in MITOGEN_SCENARIOS else env
+        # Each scenario first makes sure of the image's root filesystem, which its containers boot: the suite
+        # starts before it is built (`make test` does not wait for its mmdebstrap), and the first scenario to
+        # ask builds it while the others wait on its lock (tools/build-image.sh).
+        command = f"tools/build-image.sh --rootfs-only && exec {BIN / 'molecule'} test -s {name}"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [str(BIN / "molecule"), "test", "-s", name],
+                ["sh", "-c", command],
                 cwd=REPO,
                 env=scenario_env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # stop_all() ends the scenario and the root filesystem build it waits on
             )
         r = Running(name, proc, log, time.monotonic())
         _running.append(r)
@@ -140,4 +146,7 @@ def wait_all(timeout: float = TIMEOUT + 60, poll: float = 1.0) -> list[tuple[str
 def stop_all() -> None:
     for r in _running:
         if r.proc.poll() is None:
-            r.proc.terminate()
+            try:
+                os.killpg(r.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass

@@ -1,8 +1,8 @@
 """The Ansible side of the appliance: lint, syntax, the inventory check, and the suite's molecule scenarios.
 
 Molecule boots systemd-nspawn containers of the image's root filesystem, build/image-rootfs (root, mmdebstrap,
-systemd-container); `make test` builds it, the wheelhouse and .venv-ansible first. Without root these tests skip
-locally and fail under CI.
+systemd-container), which the scenarios build first if it is missing or stale (`make test` builds the wheelhouse
+and .venv-ansible before the suite starts). Without root these tests skip locally and fail under CI.
 """
 
 from __future__ import annotations
