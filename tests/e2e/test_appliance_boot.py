@@ -57,7 +57,12 @@ def appliances(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, v
     firmware (OVMF). Booting both at once keeps the second boot off the end of the suite, where it would run
     alone on an otherwise idle core."""
     _need_image()
-    boxes = {fw: vm.Appliance(tmp_path_factory.mktemp(f"appliance-{fw}"), firmware=fw) for fw in ("bios", "uefi")}
+    # The UEFI boot is only booted and checked: one emulated CPU does that with ~12 % less host CPU time than two
+    # (77 against 87 CPU-seconds, measured), which the tests beside it get instead.
+    boxes = {
+        fw: vm.Appliance(tmp_path_factory.mktemp(f"appliance-{fw}"), firmware=fw, cpus=2 if fw == "bios" else 1)
+        for fw in ("bios", "uefi")
+    }
     try:
         for box in boxes.values():
             box.start()

@@ -44,6 +44,7 @@ def accelerator() -> str:
 class Appliance:
     workdir: Path
     firmware: str = "bios"  # or "uefi"
+    cpus: int = 2
     dicom_port: int = field(default_factory=free_port)
     ssh_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -61,7 +62,7 @@ class Appliance:
         accel = accelerator()
         args = [
             "qemu-system-x86_64", "-accel", "kvm" if accel == "kvm" else "tcg,thread=multi",
-            "-cpu", "host" if accel == "kvm" else "max", "-m", "2048", "-smp", "2",
+            "-cpu", "host" if accel == "kvm" else "max", "-m", "2048", "-smp", str(self.cpus),
             "-drive", f"file={overlay},if=virtio,format=qcow2,discard=unmap",
             "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22,"
                        f"hostfwd=tcp:127.0.0.1:{self.dicom_port}-:104",
