@@ -243,8 +243,16 @@ class Receiver:
         )
 
     def on_closed(self, event: evt.Event) -> None:
-        calling = (event.assoc.requestor.ae_title or "").strip()
-        recorder().association_closed(event.assoc, "in", self.routing.sources_by_ae.get(calling) or calling)
+        assoc = event.assoc
+        if assoc.requestor.primitive is None and not assoc.is_established:
+            # Closed before any A-ASSOCIATE-RQ (a port scan, a TCP health check, a load balancer's probe).
+            # pynetdicom's acceptor thread would go on waiting for one until acse_timeout, holding one of
+            # max_associations all that time: a burst of probes locked real senders out with "local limit
+            # exceeded" for up to 30 s. None is what that wait returns when it times out, so the thread ends
+            # now, the way it would then.
+            assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
+        calling = (assoc.requestor.ae_title or "").strip()
+        recorder().association_closed(assoc, "in", self.routing.sources_by_ae.get(calling) or calling)
 
     # -- storage --------------------------------------------------------------------------------
     def on_c_store(self, event: evt.Event) -> int:

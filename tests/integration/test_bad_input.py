@@ -124,6 +124,30 @@ def test_garbage_and_truncated_input(tmp_path: Path) -> None:
         scp.stop()
 
 
+def test_a_burst_of_bare_connections_does_not_lock_senders_out(tmp_path: Path) -> None:
+    """A port scan, a TCP health check or a load balancer's probe connects and closes without an A-ASSOCIATE-RQ.
+    Each such connection must give back its association slot at once: 60 in a burst (more than
+    router.max_associations) and a modality right after is still accepted, not refused with "local limit
+    exceeded" until the probes' ACSE timeout (30 s) runs out."""
+    scp = StoreSCP(tmp_path, "PACS").start()
+    router = _router(tmp_path, scp).start()
+    try:
+        for _ in range(60):
+            with socket.create_connection(("127.0.0.1", router.port), timeout=5):
+                pass
+        echo = subprocess.run(
+            [dcmtk("echoscu"), "-aet", "STORESCU", "-aec", "DICOM_ROUTER", "127.0.0.1", str(router.port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert echo.returncode == 0, echo.stderr
+        res = storescu(router.port, [GOOD])
+        assert res.returncode == 0, res.stderr
+        router.wait_delivered(1)
+    finally:
+        router.stop()
+        scp.stop()
+
+
 def test_unrouted_objects_are_kept_and_visible(tmp_path: Path) -> None:
     scp = StoreSCP(tmp_path, "PACS").start()
     router = _router(tmp_path, scp, routes=[{"name": "mr-only", "match": {"Modality": "MR"}, "to": ["PACS_MAIN"]}])
