@@ -45,7 +45,7 @@ image_rootfs() {
   exec 9>&-
 }
 
-# `make image-rootfs`: only that (the test suite's set-up; molecule's containers boot it too).
+# `make image-rootfs`: only that (each molecule scenario of the suite runs this first: its containers boot it).
 if [ "${1:-}" = --rootfs-only ]; then
   [ "$(id -u)" = 0 ] || fail "needs root (mmdebstrap): run it with sudo"
   image_rootfs

@@ -76,9 +76,10 @@ def start() -> None:
         "ANSIBLE_FORCE_COLOR": "0",
         "PY_COLORS": "0",
     }
+    with_mitogen = {**env, **mitogen_env()}
     for name in SUITE_SCENARIOS:
         log = logs_dir / f"{name}.log"
-        scenario_env = {**env, **mitogen_env()} if name in MITOGEN_SCENARIOS else env
+        scenario_env = with_mitogen if name in MITOGEN_SCENARIOS else env
         # Each scenario first makes sure of the image's root filesystem, which its containers boot: the suite
         # starts before it is built (`make test` does not wait for its mmdebstrap), and the first scenario to
         # ask builds it while the others wait on its lock (tools/build-image.sh).
@@ -101,10 +102,12 @@ def start() -> None:
 
 def mitogen_env() -> dict[str, str]:
     """What turns Mitogen's strategy on (molecule/shared/create.yml then connects with its setns transport)."""
-    found = sorted((BIN.parent / "lib").glob("python3*/site-packages/ansible_mitogen/plugins/strategy"))
-    if not found:
-        raise RuntimeError(f"Mitogen is missing from {BIN.parent} (requirements-ansible.txt): make ansible-setup")
-    return {"ANSIBLE_STRATEGY_PLUGINS": str(found[-1]), "ANSIBLE_STRATEGY": "mitogen_linear"}
+    # Found the way tools/build-image.sh finds it: where the toolchain's Python imports it from.
+    where = "import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__))"
+    r = subprocess.run([str(BIN / "python"), "-c", where], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"Mitogen is missing from {BIN} (requirements-ansible.txt): make ansible-setup")
+    return {"ANSIBLE_STRATEGY_PLUGINS": f"{r.stdout.strip()}/plugins/strategy", "ANSIBLE_STRATEGY": "mitogen_linear"}
 
 
 def _write_atomically(path: Path, text: str) -> None:
